@@ -1,0 +1,54 @@
+"""Shared fixtures: a CM built from the wire contract, and a throwaway PKI made with openssl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import grpc
+import pytest
+
+from contract_cm import Contract, ContractCM
+from tls import TLSMaterial, make_tls_material, openssl_path
+
+CMFactory = Callable[..., ContractCM]
+
+
+@pytest.fixture(scope="session")
+def contract() -> Contract:
+    """The contract TSV as message classes in a private descriptor pool (built once per run)."""
+    return Contract()
+
+
+@pytest.fixture
+def contract_cm(contract: Contract) -> Iterator[ContractCM]:
+    """A started plaintext CM on 127.0.0.1:<free port>, stopped after the test."""
+    with ContractCM(contract) as cm:
+        yield cm
+
+
+@pytest.fixture
+def contract_cm_factory(contract: Contract) -> Iterator[CMFactory]:
+    """``make(port=0, credentials=None)`` starts a CM; every CM it made is stopped afterwards.
+
+    For TLS CMs (``credentials=tls_material.server_credentials(...)``) and for restarting a CM
+    on the same port (``make(port=old.port)`` after ``old.stop()``).
+    """
+    started: list[ContractCM] = []
+
+    def make(*, port: int = 0, credentials: Optional[grpc.ServerCredentials] = None) -> ContractCM:
+        cm = ContractCM(contract, port=port, credentials=credentials).start()
+        started.append(cm)
+        return cm
+
+    yield make
+    for cm in started:
+        cm.stop()
+
+
+@pytest.fixture
+def tls_material(tmp_path: Path) -> TLSMaterial:
+    """CA, CM server cert (127.0.0.1/localhost), SM client cert, and an unrelated CA + server."""
+    if openssl_path() is None:
+        pytest.skip("the openssl CLI is not installed; the test PKI is made with it")
+    return make_tls_material(tmp_path / "tls")

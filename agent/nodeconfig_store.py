@@ -134,8 +134,8 @@ class NodeConfigService:
 
     def status(self) -> sm_pb2.NodeConfigStatus:
         with self._lock:
-            failed = self._config is None and self._load_error is not None
-            error = self._load_error.to_error_info() if failed and self._load_error else error_info_ok()
+            load_error = self._load_error if self._config is None else None
+            error = load_error.to_error_info() if load_error is not None else error_info_ok()
             version = self._config.version if self._config is not None else ""
             return sm_pb2.NodeConfigStatus(state=self.state, version=version, error=error)
 

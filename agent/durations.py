@@ -22,7 +22,7 @@ import re
 from fractions import Fraction
 from typing import Union
 
-from aos_sm.agent.errors import InvalidArgument
+from .errors import InvalidArgument
 
 DurationValue = Union[str, int, float]
 

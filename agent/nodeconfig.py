@@ -25,9 +25,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from aos_sm.agent.durations import parse_duration
-from aos_sm.agent.errors import AlreadyExist, InvalidArgument, WrongState
-from aos_sm.agent.semver import compare_semver, parse_semver
+from .durations import parse_duration
+from .errors import AlreadyExist, InvalidArgument, WrongState
+from .semver import compare_semver, parse_semver
 
 # CM's node configs are a few KiB; 1 MiB bounds memory and parse time against a hostile peer.
 MAX_NODE_CONFIG_BYTES = 1 << 20

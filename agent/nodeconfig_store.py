@@ -21,15 +21,18 @@ import threading
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from aos_sm.agent.atomic import write_atomic
-from aos_sm.agent.errors import (
+from aos_sm.proto.common.v2 import common_pb2
+from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
+
+from .atomic import write_atomic
+from .errors import (
     AosError,
     InvalidArgument,
     RuntimeFailure,
     error_info_from_exception,
     error_info_ok,
 )
-from aos_sm.agent.nodeconfig import (
+from .nodeconfig import (
     MAX_NODE_CONFIG_BYTES,
     NodeConfig,
     NodeConfigState,
@@ -37,8 +40,6 @@ from aos_sm.agent.nodeconfig import (
     parse_node_config,
     plan_node_config,
 )
-from aos_sm.proto.common.v2 import common_pb2
-from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 _log = logging.getLogger(__name__)
 

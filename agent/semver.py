@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Tuple, Union
 
-from aos_sm.agent.errors import InvalidArgument
+from .errors import InvalidArgument
 
 # The regular expression suggested by semver.org (FAQ), with the optional leading "v" and
 # [0-9] for \d: in Python \d also matches non-ASCII digits.

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import grpc
 import pytest
 
-from contract_cm import Contract, ContractCM
+from contract_cm import CMFactory, Contract, ContractCM
 from tls import TLSMaterial, make_tls_material, openssl_path
-
-CMFactory = Callable[..., ContractCM]
 
 
 @pytest.fixture(scope="session")

@@ -287,7 +287,7 @@ def _message_class(descriptor: Descriptor) -> type[Message]:
     get_message_class = getattr(message_factory, "GetMessageClass", None)
     if get_message_class is not None:
         return get_message_class(descriptor)  # type: ignore[no-any-return]
-    factory = message_factory.MessageFactory(descriptor.file.pool)
+    factory: Any = message_factory.MessageFactory(descriptor.file.pool)
     return factory.GetPrototype(descriptor)  # type: ignore[no-any-return]
 
 
@@ -335,10 +335,14 @@ class Contract:
         """SM -> CM kinds: the SMOutgoingMessage oneof's field names, in field-number order."""
         return _oneof_names(self.outgoing.DESCRIPTOR, "SMOutgoingMessage")
 
-    def command(self, kind: str, payload: Union[Mapping[str, Any], Message, None] = None) -> Message:
+    def command(
+        self, kind: str, payload: Union[Mapping[str, Any], Message, None] = None
+    ) -> Message:
         """An SMIncomingMessages with ``kind`` set from a JSON-style dict or a message."""
         if kind not in self.incoming_kinds:
-            raise ValueError(f"{kind!r} is not a CM->SM kind; the contract has {self.incoming_kinds}")
+            raise ValueError(
+                f"{kind!r} is not a CM->SM kind; the contract has {self.incoming_kinds}"
+            )
         envelope = self.incoming()
         inner = getattr(envelope, kind)
         inner.SetInParent()  # an empty payload (GetNodeConfigStatus) must still select the kind
@@ -353,7 +357,9 @@ class Contract:
     ) -> Message:
         """An SMOutgoingMessages with ``kind`` set: what an SM would send (for self-tests)."""
         if kind not in self.outgoing_kinds:
-            raise ValueError(f"{kind!r} is not an SM->CM kind; the contract has {self.outgoing_kinds}")
+            raise ValueError(
+                f"{kind!r} is not an SM->CM kind; the contract has {self.outgoing_kinds}"
+            )
         envelope = self.outgoing()
         inner = getattr(envelope, kind)
         inner.SetInParent()
@@ -361,7 +367,7 @@ class Contract:
         return envelope
 
 
-def _oneof_names(descriptor: Descriptor, oneof: str) -> tuple[str, ...]:
+def _oneof_names(descriptor: Any, oneof: str) -> tuple[str, ...]:
     fields = sorted(descriptor.oneofs_by_name[oneof].fields, key=lambda f: f.number)
     return tuple(f.name for f in fields)
 
@@ -371,7 +377,9 @@ def _fill(inner: Message, payload: Union[Mapping[str, Any], Message, None]) -> N
         return
     if isinstance(payload, Message):
         if payload.DESCRIPTOR.full_name != inner.DESCRIPTOR.full_name:
-            raise TypeError(f"expected {inner.DESCRIPTOR.full_name}, got {payload.DESCRIPTOR.full_name}")
+            raise TypeError(
+                f"expected {inner.DESCRIPTOR.full_name}, got {payload.DESCRIPTOR.full_name}"
+            )
         # Through bytes: the payload may come from another pool (e.g. our generated classes).
         inner.MergeFromString(payload.SerializeToString())
         return
@@ -393,7 +401,8 @@ def message_to_dict(message: Message, *, with_defaults: bool = False) -> dict[st
             message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
     except TypeError:  # protobuf < 5.26 names the same switch differently
-        return json_format.MessageToDict(
+        old_to_dict: Any = json_format.MessageToDict
+        return old_to_dict(  # type: ignore[no-any-return]
             message, preserving_proto_field_name=True, including_default_value_fields=True
         )
 
@@ -467,8 +476,8 @@ class CMSession:
         self.index = index
         self.peer: str = context.peer()
         self.auth_context: dict[str, list[bytes]] = dict(context.auth_context())
-        certs = self.auth_context.get("x509_pem_cert") or [None]
-        self.peer_cert: Optional[bytes] = certs[0]
+        certs = self.auth_context.get("x509_pem_cert") or []
+        self.peer_cert: Optional[bytes] = certs[0] if certs else None
         self.closed = threading.Event()
         self.read_error: Optional[BaseException] = None
         self._cond = threading.Condition()
@@ -494,7 +503,9 @@ class CMSession:
         self._check_outgoing_kind(kind)
         return [getattr(m, kind) for m in self.received if kind_of(m) == kind]
 
-    def wait_for(self, kind: str, timeout: float = 5.0, predicate: Optional[Predicate] = None) -> Any:
+    def wait_for(
+        self, kind: str, timeout: float = 5.0, predicate: Optional[Predicate] = None
+    ) -> Any:
         """The earliest ``kind`` message (matching ``predicate``) no earlier wait_for returned.
 
         Each message is handed out once, so request/reply sequences read naturally: two
@@ -532,7 +543,9 @@ class CMSession:
     def _check_outgoing_kind(self, kind: str) -> None:
         # A typo would otherwise look like an SM that never answers.
         if kind not in self.contract.outgoing_kinds:
-            raise ValueError(f"{kind!r} is not an SM->CM kind; the contract has {self.contract.outgoing_kinds}")
+            raise ValueError(
+                f"{kind!r} is not an SM->CM kind; the contract has {self.contract.outgoing_kinds}"
+            )
 
     # --- what the CM sends
 
@@ -626,7 +639,9 @@ class ContractCM:
 
     def start(self) -> "ContractCM":
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="contract-cm"),
+            futures.ThreadPoolExecutor(
+                max_workers=self._max_workers, thread_name_prefix="contract-cm"
+            ),
             handlers=[self._handler()],
             options=SERVER_OPTIONS,
         )
@@ -692,7 +707,9 @@ class ContractCM:
             },
         )
 
-    def _register_sm(self, requests: Iterator[Message], context: grpc.ServicerContext) -> Iterator[bytes]:
+    def _register_sm(
+        self, requests: Iterator[Message], context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
         with self._cond:
             session = CMSession(self.contract, len(self._sessions), context)
             self._sessions.append(session)
@@ -700,7 +717,10 @@ class ContractCM:
         if not context.add_callback(session._on_done):
             session._on_done()  # already terminated
         reader = threading.Thread(
-            target=session._read_all, args=(requests,), name=f"cm-session-{session.index}", daemon=True
+            target=session._read_all,
+            args=(requests,),
+            name=f"cm-session-{session.index}",
+            daemon=True,
         )
         reader.start()
         return session._responses(context)
@@ -712,5 +732,11 @@ class ContractCM:
             known = dict(self.blob_urls)
         missing = [digest for digest in digests if digest not in known]
         if missing:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown blob digest(s): {', '.join(missing)}")
+            context.abort(
+                grpc.StatusCode.NOT_FOUND, f"unknown blob digest(s): {', '.join(missing)}"
+            )
         return self.contract.blobs_infos(urls=[known[digest] for digest in digests])
+
+
+# What the ``contract_cm_factory`` fixture yields: ``make(port=0, credentials=None) -> ContractCM``.
+CMFactory = Callable[..., ContractCM]

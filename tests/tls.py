@@ -108,7 +108,11 @@ def _server_extensions() -> str:
 
 
 def _client_extensions() -> str:
-    return "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
+    return (
+        "basicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=clientAuth\n"
+    )
 
 
 @dataclass

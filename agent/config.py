@@ -1,0 +1,263 @@
+"""The SM's configuration file: one JSON object with the reference key names (PROTOCOL.md).
+
+Keys are case-insensitive, as in the reference SM. A value of the wrong type or out of range is a
+``ConfigError`` naming the key (the CLI exits with code 2 on it); an unknown key is a warning
+only, so that a config written for a newer agent still starts an older one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from .durations import parse_duration
+from .errors import AosError, ConfigError
+
+TLS_MODES = ("mtls", "tls", "plaintext")
+OCI_RUNTIMES = ("crun", "runc")
+
+# Every key we understand, lower-cased, with its nested keys. Reference keys we accept but do not
+# act on yet (certStorage names the IAM certificate storage) are listed so they do not warn.
+_KNOWN: Dict[str, Any] = {
+    "nodeid": None,
+    "cmserverurl": None,
+    "cmreconnecttimeout": None,
+    "cmreconnectmaxtimeout": None,
+    "tlsmode": None,
+    "cacert": None,
+    "certfile": None,
+    "keyfile": None,
+    "certstorage": None,
+    "iamprotectedserverurl": None,
+    "iampublicserverurl": None,
+    "workingdir": None,
+    "nodeconfigfile": None,
+    "resourcesconfigfile": None,
+    "maxdmips": None,
+    "systemreserve": {"dmipspercent": None, "rampercent": None},
+    "cgroupparent": None,
+    "monitoring": {"pollperiod": None, "averagewindow": None},
+    "logging": {"maxpartsize": None, "maxpartcount": None},
+    "runtimes": None,
+    "journalalerts": None,
+}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node_id: str
+    cm_server_url: Optional[str] = None
+    cm_reconnect_timeout: float = 10.0
+    cm_reconnect_max_timeout: float = 60.0
+    tls_mode: str = "mtls"
+    ca_cert: Optional[Path] = None
+    cert_file: Optional[Path] = None
+    key_file: Optional[Path] = None
+    working_dir: Path = Path("/var/aos/servicemanager")
+    node_config_file: Path = Path("/var/aos/servicemanager/aos_node.cfg")
+    resources_config_file: Path = Path("/etc/aos/resources.cfg")
+    max_dmips: Optional[int] = None
+    reserve_dmips_percent: float = 0.0
+    reserve_ram_percent: float = 0.0
+    cgroup_parent: str = "aos-sm"
+    poll_period: float = 35.0
+    average_window: float = 35.0
+    max_part_size: int = 262144
+    max_part_count: int = 80
+    runtimes: Tuple[str, ...] = ()
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    warnings: Tuple[str, ...] = ()
+
+    @property
+    def certificate_files(self) -> Tuple[Path, ...]:
+        """The files whose renewal on disk makes the agent reconnect."""
+        return tuple(p for p in (self.ca_cert, self.cert_file, self.key_file) if p is not None)
+
+
+def _lower_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k).lower(): _lower_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_lower_keys(v) for v in value]
+    return value
+
+
+def _unknown_keys(data: Mapping[str, Any], known: Mapping[str, Any], prefix: str = "") -> List[str]:
+    found = []
+    for key, value in data.items():
+        if key not in known:
+            found.append(prefix + key)
+        elif isinstance(known[key], dict) and isinstance(value, dict):
+            found += _unknown_keys(value, known[key], f"{prefix}{key}.")
+    return found
+
+
+class _Reader:
+    """Typed access to the lower-cased config, raising ConfigError with the reference key name."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = data
+
+    def get(self, key: str) -> Any:
+        node: Any = self._data
+        for part in key.lower().split("."):
+            if not isinstance(node, dict):
+                return None
+            node = node.get(part)
+        return node
+
+    def string(self, key: str) -> Optional[str]:
+        value = self.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(key, f"expected a non-empty string, got {json.dumps(value)}")
+        return value.strip()
+
+    def path(self, key: str) -> Optional[Path]:
+        value = self.string(key)
+        return Path(value) if value is not None else None
+
+    def seconds(self, key: str, default: float, *, positive: bool = True) -> float:
+        value = self.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(key, f"expected a duration like \"10s\" or \"PT10S\", got {json.dumps(value)}")
+        try:
+            seconds = parse_duration(value).total_seconds()
+        except AosError as err:
+            raise ConfigError(key, str(err)) from err
+        if positive and seconds <= 0:
+            raise ConfigError(key, f"must be longer than zero, got {json.dumps(value)}")
+        return seconds
+
+    def number(self, key: str, default: float, *, low: float, high: float) -> float:
+        value = self.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(key, f"expected a number, got {json.dumps(value)}")
+        if not low <= value <= high:
+            raise ConfigError(key, f"must be between {low:g} and {high:g}, got {value}")
+        return float(value)
+
+    def integer(self, key: str, default: int, *, low: int, high: int) -> int:
+        value = self.optional_integer(key, low=low, high=high)
+        return default if value is None else value
+
+    def optional_integer(self, key: str, *, low: int, high: int) -> Optional[int]:
+        value = self.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected a whole number, got {json.dumps(value)}")
+        if not low <= value <= high:
+            raise ConfigError(key, f"must be between {low} and {high}, got {value}")
+        return value
+
+
+def default_node_id(root: Path = Path("/")) -> str:
+    """``/etc/machine-id`` where the node has one (systemd, most Buildroot images), else the hostname."""
+    try:
+        machine_id = (root / "etc/machine-id").read_text().strip()
+    except OSError:
+        machine_id = ""
+    return machine_id or socket.gethostname()
+
+
+def detect_runtimes(which: Callable[[str], Optional[str]] = shutil.which) -> Tuple[str, ...]:
+    """The OCI runtimes installed on the node; ``container`` when none is, so CM still sees the
+    node's capacity (the launcher reports which instances it can really start)."""
+    found = tuple(name for name in OCI_RUNTIMES if which(name))
+    return found or ("container",)
+
+
+def _runtimes(reader: _Reader) -> Tuple[str, ...]:
+    value = reader.get("runtimes")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError("runtimes", f"expected a list of {{\"type\": ...}}, got {json.dumps(value)}")
+    types = []
+    for index, entry in enumerate(value):
+        kind = entry.get("type") if isinstance(entry, dict) else None
+        if not isinstance(kind, str) or not kind.strip():
+            raise ConfigError(f"runtimes[{index}].type", f"expected a runtime type, got {json.dumps(entry)}")
+        types.append(kind.strip())
+    return tuple(types)
+
+
+def parse_config(text: str, *, root: Path = Path("/")) -> AgentConfig:
+    """Parse the JSON text of a config file; raises ConfigError naming the bad key."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError("(file)", f"not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError("(file)", "expected a JSON object at the top level")
+    data = _lower_keys(data)
+    reader = _Reader(data)
+    warnings = [f"unknown configuration key {key!r} ignored" for key in _unknown_keys(data, _KNOWN)]
+
+    tls_mode = (reader.string("tlsMode") or "mtls").lower()
+    if tls_mode not in TLS_MODES:
+        raise ConfigError("tlsMode", f"expected one of {', '.join(TLS_MODES)}, got {tls_mode!r}")
+    cm_server_url = reader.string("cmServerURL")
+    ca_cert, cert_file, key_file = reader.path("caCert"), reader.path("certFile"), reader.path("keyFile")
+    if cm_server_url and tls_mode == "mtls":
+        for key, value in (("caCert", ca_cert), ("certFile", cert_file), ("keyFile", key_file)):
+            if value is None:
+                raise ConfigError(key, "required with tlsMode \"mtls\" (set tlsMode \"plaintext\" for development)")
+    working_dir = reader.path("workingDir") or AgentConfig.working_dir
+    reconnect = reader.seconds("cmReconnectTimeout", 10.0)
+    reconnect_max = reader.seconds("cmReconnectMaxTimeout", max(60.0, reconnect))
+    if reconnect_max < reconnect:
+        raise ConfigError("cmReconnectMaxTimeout", "must not be shorter than cmReconnectTimeout")
+    return AgentConfig(
+        node_id=reader.string("nodeId") or default_node_id(root),
+        cm_server_url=cm_server_url,
+        cm_reconnect_timeout=reconnect,
+        cm_reconnect_max_timeout=reconnect_max,
+        tls_mode=tls_mode,
+        ca_cert=ca_cert,
+        cert_file=cert_file,
+        key_file=key_file,
+        working_dir=working_dir,
+        node_config_file=reader.path("nodeConfigFile") or working_dir / "aos_node.cfg",
+        resources_config_file=reader.path("resourcesConfigFile") or AgentConfig.resources_config_file,
+        max_dmips=reader.optional_integer("maxDMIPS", low=1, high=10**9),
+        reserve_dmips_percent=reader.number("systemReserve.dmipsPercent", 0.0, low=0, high=99),
+        reserve_ram_percent=reader.number("systemReserve.ramPercent", 0.0, low=0, high=99),
+        cgroup_parent=reader.string("cgroupParent") or AgentConfig.cgroup_parent,
+        poll_period=reader.seconds("monitoring.pollPeriod", 35.0),
+        average_window=reader.seconds("monitoring.averageWindow", 35.0),
+        max_part_size=reader.integer("logging.maxPartSize", 262144, low=1024, high=64 * 1024 * 1024),
+        max_part_count=reader.integer("logging.maxPartCount", 80, low=1, high=100000),
+        runtimes=_runtimes(reader) or detect_runtimes(),
+        raw=data,
+        warnings=tuple(warnings),
+    )
+
+
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def load_config(path: Path, *, root: Path = Path("/")) -> AgentConfig:
+    """Read and parse a config file; a missing, unreadable or oversized file is a ConfigError."""
+    try:
+        size = os.stat(path).st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError("(file)", f"{path} is {size} bytes; a config is at most {MAX_CONFIG_BYTES}")
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError("(file)", f"cannot read {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError("(file)", f"{path} is not UTF-8 text: {err}") from err
+    return parse_config(text, root=root)

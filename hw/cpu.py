@@ -17,10 +17,11 @@ from .cpuinfo import CpuinfoEntry, parse_cpuinfo
 from .dmips_table import X86_ESTIMATE, DmipsFigure, Provenance, arm_core_name, dmips_per_mhz_for_arm, weakest
 
 # With no frequency anywhere (no cpufreq, no device-tree clock) an ARM core is assumed to run at
-# 1000 MHz: below the top clock of every board we know (RPi 3 1200, H3 1008-1296, i.MX8M 1500),
-# so the guess errs low. ARM BogoMIPS is not usable here: it is twice the arch timer rate
-# (github.com/google/benchmark issue 312), e.g. 38.40 on a Raspberry Pi.
-GUESSED_MHZ = 1000.0
+# 600 MHz, the lowest clock we know a board to run at for lack of a cpufreq driver: a Raspberry
+# Pi 3 on a mainline kernel before the raspberrypi-cpufreq driver (Linux 5.3) stays at its
+# firmware's 600 MHz. The guess errs low (RPi 3 tops at 1200, STM32MP157C at 650). ARM BogoMIPS is
+# no help: it is twice the arch timer rate (github.com/google/benchmark issue 312), e.g. 38.40.
+GUESSED_MHZ = 600.0
 
 _MODEL_NAME_GHZ = re.compile(r"@\s*([0-9.]+)\s*GHz", re.IGNORECASE)
 
@@ -166,14 +167,17 @@ def probe_cores(root: Path) -> tuple[tuple[CoreInfo, ...], tuple[str, ...]]:
     sysfs = {entry.processor: read_core_sysfs(root, entry.processor) for entry in entries}
     cores = [_core(e, sysfs[e.processor], online is None or e.processor in online) for e in entries]
     cores = _assign_clusters(_scale_by_capacity(cores), sysfs)
+    guessed: dict[tuple[str, float], list[str]] = {}
     for core in cores:
         if core.max_mhz_source in ("cpuinfo-mhz", "bogomips", "guess"):
-            warnings.append(
-                f"cpu{core.index}: no max frequency reported; {core.max_mhz:.0f} MHz from "
-                f"{core.max_mhz_source} is an estimate"
-            )
+            guessed.setdefault((core.max_mhz_source, core.max_mhz), []).append(str(core.index))
         if core.identity == "unknown":
             warnings.append(f"cpu{core.index}: unknown core design; DMIPS/MHz estimated")
+    for (source, mhz), indexes in guessed.items():
+        warnings.append(
+            f"cpu {','.join(indexes)}: no max frequency reported; {mhz:.0f} MHz from {source} is an "
+            "estimate (set maxDMIPS to override)"
+        )
     return tuple(cores), tuple(warnings)
 
 

@@ -83,8 +83,8 @@ def probe_node(
     limits = read_cgroup_limits(root, layout)
     warnings.extend(limits.problems)
     if layout.mode == "hybrid" and not any(version == 2 for _, version in layout.limiting):
-        held = ", ".join(layout.v2_controllers) or "no controllers"
-        warnings.append(f"hybrid cgroups: the v2 tree holds {held}, none of cpu/cpuset/memory; limits come from v1")
+        held = ", ".join(layout.v2_controllers) or "nothing"
+        warnings.append(f"hybrid cgroups: the v2 tree holds {held}; cpu, cpuset and memory are limited through v1")
     for name in ("cpu", "cpuset", "memory"):
         if layout.limiter(name) is None:
             warnings.append(f"no cgroup hierarchy has the {name} controller: workloads cannot be limited by it")

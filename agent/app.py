@@ -1,0 +1,116 @@
+"""Wire the agent together from its configuration: the one place that builds every part."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from aos_sm import hw
+from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
+
+from .cloud import CloudConnection
+from .config import AgentConfig
+from .dispatch import Dispatcher
+from .gateway import Gateway
+from .nodeconfig_store import NodeConfigService
+from .outbox import Outbox, core_alert
+from .sminfo import build_sm_info
+from .unsupported import UnsupportedLauncher, UnsupportedLogs, UnsupportedMonitoring, UnsupportedNetwork
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Agent:
+    config: AgentConfig
+    outbox: Outbox
+    gateway: Gateway
+    dispatcher: Dispatcher
+    node_config: NodeConfigService
+    launcher: UnsupportedLauncher
+    cloud: CloudConnection
+    capacity: hw.NodeCapacity
+
+    def start(self) -> None:
+        self.gateway.start()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        return self.gateway.stop(timeout)
+
+
+class _Registration:
+    """SMInfo and NodeInstancesStatus for each (re)connect.
+
+    Capacity is probed once at start (the CPU does not change under a running agent); the
+    resources file is read on every connect, so an operator's fix applies at the next session.
+    """
+
+    def __init__(self, config: AgentConfig, capacity: hw.NodeCapacity, launcher: UnsupportedLauncher,
+                 outbox: Outbox, root: Path) -> None:
+        self._config = config
+        self._capacity = capacity
+        self._launcher = launcher
+        self._outbox = outbox
+        self._root = root
+        self._reported: Tuple[str, ...] = ()
+
+    def __call__(self) -> Tuple[sm_pb2.SMInfo, sm_pb2.NodeInstancesStatus]:
+        resources = hw.load_resources(self._config.resources_config_file, self._root)
+        if resources.problems != self._reported:
+            for problem in resources.problems:
+                log.error("%s: %s", self._config.resources_config_file, problem)
+                self._outbox.send(core_alert(f"resources config: {problem}"))
+            self._reported = resources.problems
+        sm_info = build_sm_info(self._config.node_id, self._config.runtimes, self._capacity, resources)
+        return sm_info, self._launcher.node_instances_status()
+
+
+def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path = Path("/"),
+                connect_timeout: float = 5.0) -> Agent:
+    """Build every part of the agent; ``target`` overrides ``cmServerURL`` (demo, tests)."""
+    address = target or config.cm_server_url
+    if not address:
+        raise ValueError("no CM address: set cmServerURL")
+    outbox = Outbox()
+    capacity = hw.probe_node(
+        root,
+        operator_max_dmips=config.max_dmips,
+        reserve_dmips_percent=config.reserve_dmips_percent,
+        reserve_ram_percent=config.reserve_ram_percent,
+    )
+    for warning in capacity.warnings:
+        log.warning("hardware probe: %s", warning)
+    node_config = NodeConfigService(config.node_config_file)
+    launcher = UnsupportedLauncher(outbox)
+    cloud = CloudConnection()
+    dispatcher = Dispatcher(
+        sender=outbox,
+        node_config=node_config,
+        launcher=launcher,
+        logs=UnsupportedLogs(outbox),
+        monitoring=UnsupportedMonitoring(outbox),
+        network=UnsupportedNetwork(outbox),
+        cloud=cloud,
+    )
+    gateway = Gateway(
+        config,
+        target=address,
+        registration=_Registration(config, capacity, launcher, outbox, root),
+        handler=dispatcher.handle,
+        outbox=outbox,
+        connect_timeout=connect_timeout,
+    )
+    return Agent(config, outbox, gateway, dispatcher, node_config, launcher, cloud, capacity)
+
+
+def describe(agent: Agent) -> List[str]:
+    """A few lines a person reads at start-up: who we are and what we will register."""
+    capacity = agent.capacity
+    return [
+        f"node {agent.config.node_id}: {len(capacity.cpus)} CPUs, {capacity.max_dmips} DMIPS "
+        f"({capacity.dmips_provenance}), {capacity.total_ram // (1024 * 1024)} MiB RAM",
+        f"runtimes: {', '.join(agent.config.runtimes)}; CM: {agent.config.cm_server_url or 'simulator'} "
+        f"({agent.config.tls_mode})",
+    ]

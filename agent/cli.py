@@ -1,0 +1,211 @@
+"""The ``aos-sm`` command: run, cm-sim, demo, fsm, probe."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import List, Optional
+
+from .config import AgentConfig, load_config
+from .errors import ConfigError
+
+log = logging.getLogger("aos_sm")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # transitions logs every callback at INFO: far too chatty for an agent's journal.
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _prepare_working_dir(config: AgentConfig) -> None:
+    for key, directory in (("workingDir", config.working_dir), ("nodeConfigFile", config.node_config_file.parent)):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(key, f"cannot create {directory}: {err.strerror or err}") from err
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .app import build_agent, describe
+    from .cmsim import SimulatedCM, to_json
+
+    config = load_config(Path(args.config))
+    for warning in config.warnings:
+        log.warning("%s: %s", args.config, warning)
+    _prepare_working_dir(config)
+    stop = _stop_on_signals()
+    simulator: Optional[SimulatedCM] = None
+    target = config.cm_server_url
+    if not target:
+        # Development convenience: with no CM configured, talk to the built-in simulator.
+        simulator = SimulatedCM(
+            on_message=lambda session, message: print(to_json(message), flush=True)
+        ).start()
+        target = simulator.address
+        config = dataclasses.replace(config, tls_mode="plaintext")
+        log.warning("no cmServerURL configured: using the built-in CM simulator at %s", target)
+    agent = build_agent(config, target=target)
+    for line in describe(agent):
+        log.info("%s", line)
+    agent.start()
+    stop.wait()
+    stopped = agent.stop(timeout=4.0)
+    if simulator is not None:
+        simulator.stop(0)
+    return EXIT_OK if stopped else EXIT_FAILURE
+
+
+def cmd_cm_sim(args: argparse.Namespace) -> int:
+    import grpc
+
+    from .cmsim import HELP, SimulatedCM, command_message, to_json
+
+    credentials = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise ConfigError("--tls-cert/--tls-key", "give both")
+        ca = Path(args.tls_ca).read_bytes() if args.tls_ca else None
+        credentials = grpc.ssl_server_credentials(
+            [(Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+
+    def show(session: object, message: object) -> None:
+        print(f"[session {getattr(session, 'number', '?')}] {to_json(message)}", flush=True)
+
+    simulator = SimulatedCM(args.listen, credentials=credentials, on_message=show).start()
+    stop = _stop_on_signals()
+    print(f"CM simulator listening on {simulator.address}; commands: {HELP}", file=sys.stderr, flush=True)
+
+    def read_commands() -> None:
+        for line in sys.stdin:
+            line = line.strip()
+            if line in ("quit", "exit"):
+                break
+            if not line:
+                continue
+            session = simulator.current
+            if session is None or session.closed.is_set():
+                print("no SM connected", file=sys.stderr, flush=True)
+                continue
+            try:
+                session.send(command_message(line))
+            except ValueError as err:
+                print(err, file=sys.stderr, flush=True)
+        if sys.stdin.isatty():
+            stop.set()
+
+    threading.Thread(target=read_commands, name="cmsim-stdin", daemon=True).start()
+    stop.wait()
+    simulator.stop(0)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(timeout=args.timeout)
+
+
+def cmd_fsm(args: argparse.Namespace) -> int:
+    from aos_sm.statemachine import render_dot, render_mermaid
+
+    if args.format == "mermaid":
+        sys.stdout.write(render_mermaid())
+        return EXIT_OK
+    if args.format == "dot":
+        sys.stdout.write(render_dot())
+        return EXIT_OK
+    dot = shutil.which("dot")
+    if dot is None:
+        print("aos-sm fsm --format svg needs Graphviz's `dot` (apt-get install graphviz)", file=sys.stderr)
+        return EXIT_USAGE
+    result = subprocess.run([dot, "-Tsvg"], input=render_dot().encode(), capture_output=True, check=False)
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr.decode(errors="replace"))
+        return EXIT_FAILURE
+    sys.stdout.buffer.write(result.stdout)
+    return EXIT_OK
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from . import probe_cmd
+
+    return probe_cmd.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aos-sm", description="AosEdge Service Manager agent")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error (default info)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the agent in the foreground")
+    run.add_argument("--config", required=True, help="the agent's JSON configuration file")
+    run.set_defaults(func=cmd_run)
+
+    sim = commands.add_parser("cm-sim", help="a CM simulator: prints what the SM sends, sends typed commands")
+    sim.add_argument("--listen", default="127.0.0.1:8093", help="address to listen on (default 127.0.0.1:8093)")
+    sim.add_argument("--tls-cert", help="server certificate (PEM); enables TLS")
+    sim.add_argument("--tls-key", help="server key (PEM)")
+    sim.add_argument("--tls-ca", help="CA for client certificates (PEM); enables mutual TLS")
+    sim.set_defaults(func=cmd_cm_sim)
+
+    demo = commands.add_parser("demo", help="agent and simulator on loopback, end to end")
+    demo.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for each step")
+    demo.set_defaults(func=cmd_demo)
+
+    fsm = commands.add_parser("fsm", help="the session state diagram, drawn from the table the code runs")
+    fsm.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
+    fsm.set_defaults(func=cmd_fsm)
+
+    probe = commands.add_parser("probe", help="what this node would register: CPUs, DMIPS, RAM, cgroups")
+    try:
+        from . import probe_cmd
+    except ImportError:  # probe_cmd is optional at import time only while hw/ is being built
+        probe_cmd = None  # type: ignore[assignment]
+    if probe_cmd is not None:
+        probe_cmd.add_arguments(probe)
+    probe.set_defaults(func=cmd_probe)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        print(f"aos-sm: configuration error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

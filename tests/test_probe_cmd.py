@@ -1,0 +1,70 @@
+"""`aos-sm probe` over board fixture roots: the JSON object, the table, and problems on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+from typing import Any, List, Tuple
+
+from aos_sm.agent import probe_cmd
+
+BOARDS = Path(__file__).resolve().parent / "data" / "boards"
+
+
+def _run(argv: List[str]) -> Tuple[int, str, str]:
+    parser = argparse.ArgumentParser()
+    probe_cmd.add_arguments(parser)
+    out, err = io.StringIO(), io.StringIO()
+    code = probe_cmd.run(parser.parse_args(argv), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_json_object_for_rk3399_root() -> None:
+    code, out, err = _run(["--root", str(BOARDS / "rk3399"), "--json"])
+    assert code == 0
+    document: dict[str, Any] = json.loads(out)
+    info = document["smInfo"]
+    assert info["nodeId"] == "0f3e5a7c9b1d4e2f8a6c4b2d0e9f7a5c"  # the fixture's etc/machine-id
+    runtime = info["runtimes"][0]
+    assert int(runtime["maxDmips"]) == round(2 * 1800 * 4.9 + 4 * 1416 * 2.3)
+    assert runtime["archInfo"] == {"architecture": "aarch64", "variant": "v8"}
+    assert [r["name"] for r in info["resources"]] == ["serial", "dbus"]
+    cpus = document["cpus"]
+    assert [(c["part"], c["maxMHz"], c["capacity"]) for c in cpus] == [("0xd03", 1416, 381)] * 4 + [("0xd08", 1800, 1024)] * 2
+    assert cpus[4]["dmips"] == round(1800 * 4.9, 1) and cpus[4]["provenance"] == "table"
+    assert document["cgroups"]["mode"] == "hybrid"
+    assert document["cgroups"]["limitedBy"] == {"cpu": "v1", "cpuset": "v1", "memory": "v1"}
+    assert "'camera'" in err and "/dev/video0" in err and "'broken'" in err
+
+
+def test_table_for_bring_up() -> None:
+    code, out, _ = _run(["--root", str(BOARDS / "rpi3-nocpufreq")])
+    assert code == 0
+    assert "Cortex-A53" in out and "guess" in out and "estimate" in out
+    assert f"max {round(4 * 600 * 2.3)}" in out
+
+
+def test_config_file_settings_apply(tmp_path: Path) -> None:
+    config = tmp_path / "aos_servicemanager.cfg"
+    config.write_text(json.dumps({
+        "nodeId": "board-1", "maxDMIPS": 20000, "cgroupParent": "/aos",
+        "systemReserve": {"ramPercent": 50}, "runtimes": [{"type": "runc"}],
+        "resourcesConfigFile": "/etc/aos/resources.cfg",
+    }))
+    code, out, _ = _run(["--root", str(BOARDS / "rk3399"), "--config", str(config), "--json"])
+    assert code == 0
+    runtime = json.loads(out)["smInfo"]["runtimes"][0]
+    assert runtime["type"] == "runc"
+    assert int(runtime["maxDmips"]) == 20000
+    # the /aos cpuset keeps the four A53s' share of the operator's figure
+    share = (4 * 1416 * 2.3) / (2 * 1800 * 4.9 + 4 * 1416 * 2.3)
+    assert int(runtime["allowedDmips"]) == round(20000 * share)
+    assert int(runtime["allowedRam"]) == min(2 * 1024**3, int(runtime["totalRam"]) // 2)
+
+
+def test_live_probe_exits_zero() -> None:
+    code, out, _ = _run(["--json"])
+    assert code == 0
+    assert int(json.loads(out)["smInfo"]["runtimes"][0]["maxDmips"]) > 0

@@ -1,0 +1,26 @@
+"""The benchmarks run and print their ratios (tiny sizes here; numbers come from bench/ itself)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "expected"),
+    [
+        ("roundtrip.py", ["--count", "50", "--rounds", "1"], "ratio agent/bare"),
+        ("startup.py", ["--rounds", "1"], "RSS once registered"),
+    ],
+)
+def test_benchmark_prints_its_ratio(script: str, args: list, expected: str) -> None:
+    result = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout
+    assert "ratio" in result.stdout

@@ -60,7 +60,7 @@ class _Registration:
         resources = hw.load_resources(self._config.resources_config_file, self._root)
         if resources.problems != self._reported:
             for problem in resources.problems:
-                log.error("%s: %s", self._config.resources_config_file, problem)
+                log.error("resources config: %s", problem)
                 self._outbox.send(core_alert(f"resources config: {problem}"))
             self._reported = resources.problems
         sm_info = build_sm_info(self._config.node_id, self._config.runtimes, self._capacity, resources)

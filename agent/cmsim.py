@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 from concurrent import futures
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import grpc
 from google.protobuf import json_format
@@ -59,7 +59,8 @@ class SimSession:
         def find() -> Optional[object]:
             for message in self.received[after:]:
                 if message.WhichOneof("SMOutgoingMessage") == kind:
-                    return getattr(message, kind)
+                    inner: object = getattr(message, kind)
+                    return inner
             return None
 
         with self._arrived:
@@ -99,7 +100,7 @@ class SimulatedCM:
         self._on_message = on_message or (lambda _session, _message: None)
         self._new_session = threading.Condition()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=SERVER_OPTIONS)
-        handlers = {
+        handlers: Dict[str, grpc.RpcMethodHandler[Any, Any]] = {
             "RegisterSM": grpc.stream_stream_rpc_method_handler(
                 self._register_sm,
                 request_deserializer=sm_pb2.SMOutgoingMessages.FromString,

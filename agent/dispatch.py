@@ -8,7 +8,7 @@ A oneof kind this agent does not know (a newer CM) is logged and ignored; the st
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict
+from typing import Callable, Dict, FrozenSet
 
 from google.protobuf.message import Message
 
@@ -57,7 +57,7 @@ class Dispatcher:
         }
 
     @property
-    def kinds(self) -> frozenset:
+    def kinds(self) -> FrozenSet[str]:
         return frozenset(self._routes)
 
     def handle(self, message: sm_pb2.SMIncomingMessages) -> None:

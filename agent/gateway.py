@@ -47,7 +47,7 @@ _END = object()
 class _Session:
     number: int
     channel: Optional[grpc.Channel] = None
-    ready: Optional[grpc.Future] = None
+    ready: Optional["grpc.Future[None]"] = None
     call: Optional[grpc.Call] = None
     writes: "queue.SimpleQueue[object]" = field(default_factory=queue.SimpleQueue)
 
@@ -107,7 +107,9 @@ class Gateway:
             on_change=lambda: self.feed(ev.CertificatesChanged()),
             interval=watch_interval,
         )
-        self.history: List[Tuple[str, str]] = []  # (event, resulting state), for tests and status
+        # (event, resulting state), the latest few, for tests and status: bounded, since a
+        # long-lived agent handles millions of events.
+        self.history: Deque[Tuple[str, str]] = collections.deque(maxlen=256)
 
     # Public API.
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from typing import Callable, Deque, Dict, Optional
+from typing import Callable, Deque, Dict, List, Optional
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -84,9 +84,9 @@ class Outbox:
         with self._lock:
             self._writer = None
 
-    def pending_kinds(self) -> list:
+    def pending_kinds(self) -> List[str]:
         with self._lock:
-            return [message.WhichOneof(KIND) for message in self._pending]
+            return [str(message.WhichOneof(KIND)) for message in self._pending]
 
 
 def now_timestamp() -> Timestamp:

@@ -68,7 +68,9 @@ def make_channel(target: str, credentials: Optional[grpc.ChannelCredentials]) ->
     return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
 
 
-def register_sm(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
+def register_sm(
+    channel: grpc.Channel,
+) -> grpc.StreamStreamMultiCallable[sm_pb2.SMOutgoingMessages, sm_pb2.SMIncomingMessages]:
     return channel.stream_stream(
         REGISTER_SM,
         request_serializer=sm_pb2.SMOutgoingMessages.SerializeToString,
@@ -76,7 +78,9 @@ def register_sm(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
     )
 
 
-def get_blobs_infos(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
+def get_blobs_infos(
+    channel: grpc.Channel,
+) -> grpc.UnaryUnaryMultiCallable[sm_pb2.BlobsInfosRequest, sm_pb2.BlobsInfos]:
     return channel.unary_unary(
         GET_BLOBS_INFOS,
         request_serializer=sm_pb2.BlobsInfosRequest.SerializeToString,

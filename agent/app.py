@@ -10,6 +10,7 @@ from typing import List, Optional, Tuple
 from aos_sm import hw
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
+from .capacity import probe_capacity
 from .cloud import CloudConnection
 from .config import AgentConfig
 from .dispatch import Dispatcher
@@ -74,12 +75,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     if not address:
         raise ValueError("no CM address: set cmServerURL")
     outbox = Outbox()
-    capacity = hw.probe_node(
-        root,
-        operator_max_dmips=config.max_dmips,
-        reserve_dmips_percent=config.reserve_dmips_percent,
-        reserve_ram_percent=config.reserve_ram_percent,
-    )
+    capacity = probe_capacity(config, root)
     for warning in capacity.warnings:
         log.warning("hardware probe: %s", warning)
     node_config = NodeConfigService(config.node_config_file)

@@ -11,32 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, TextIO, Tuple
+from typing import Any, Sequence, TextIO
 
 from google.protobuf.json_format import MessageToDict
 
-from aos_sm.hw import CoreInfo, NodeCapacity, ResourcesResult, load_resources, probe_node
+from aos_sm.hw import CoreInfo, NodeCapacity, ResourcesResult, load_resources
 
-from .config import default_node_id, detect_runtimes, load_config
+from .capacity import probe_capacity
+from .config import AgentConfig, load_config, parse_config
 from .sminfo import build_sm_info
 
-DEFAULT_RESOURCES = Path("/etc/aos/resources.cfg")
 EXIT_OK, EXIT_USAGE = 0, 2
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    """The few config values a probe needs."""
-
-    node_id: str
-    runtimes: Tuple[str, ...]
-    resources_file: Path  # a path on the probed system (mapped under --root)
-    max_dmips: Optional[int] = None
-    reserve_dmips_percent: float = 0.0
-    reserve_ram_percent: float = 0.0
-    cgroup_path: Optional[str] = None  # None: the agent's own cgroup
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,17 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
-def settings_from(args: argparse.Namespace) -> ProbeSettings:
-    """From --config when given (a ConfigError propagates to the CLI: exit 2), else defaults."""
+def settings_from(args: argparse.Namespace) -> AgentConfig:
+    """From --config when given (a ConfigError propagates to the CLI: exit 2), else the defaults
+    the agent itself would run with, so the probe shows exactly what `aos-sm run` registers."""
     root: Path = args.root
     if args.config is None:
-        return ProbeSettings(default_node_id(root), tuple(detect_runtimes()), DEFAULT_RESOURCES)
-    config = load_config(args.config, root=root)
-    return ProbeSettings(
-        node_id=config.node_id, runtimes=tuple(config.runtimes), resources_file=config.resources_config_file,
-        max_dmips=config.max_dmips, reserve_dmips_percent=config.reserve_dmips_percent,
-        reserve_ram_percent=config.reserve_ram_percent, cgroup_path=config.cgroup_parent or None,
-    )
+        return parse_config("{}", root=root)
+    return load_config(args.config, root=root)
 
 
 def _core_json(core: CoreInfo, usable: Sequence[int]) -> dict[str, Any]:
@@ -86,7 +68,7 @@ def _gib(value: int) -> str:
     return f"{value / (1 << 30):.2f} GiB"
 
 
-def _write_table(out: TextIO, capacity: NodeCapacity, settings: ProbeSettings, resources: ResourcesResult) -> None:
+def _write_table(out: TextIO, capacity: NodeCapacity, settings: AgentConfig, resources: ResourcesResult) -> None:
     layout = capacity.cgroups
     limited = ", ".join(f"{name} v{version}" for name, version in layout.limiting) or "nothing"
     out.write(f"node       {settings.node_id}\n")
@@ -114,14 +96,11 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     settings = settings_from(args)
     root: Path = args.root
     try:
-        capacity = probe_node(
-            root, operator_max_dmips=settings.max_dmips, reserve_dmips_percent=settings.reserve_dmips_percent,
-            reserve_ram_percent=settings.reserve_ram_percent, cgroup_path=settings.cgroup_path,
-        )
+        capacity = probe_capacity(settings, root)
     except ValueError as error:
         err.write(f"aos-sm probe: {error}\n")
         return EXIT_USAGE
-    resources = load_resources(root / str(settings.resources_file).lstrip("/"), root)
+    resources = load_resources(root / str(settings.resources_config_file).lstrip("/"), root)
     sm_info = build_sm_info(settings.node_id, settings.runtimes, capacity, resources)
     for problem in resources.problems:
         err.write(f"aos-sm probe: resources: {problem}\n")

@@ -12,7 +12,6 @@ from pathlib import Path
 from queue import Empty, Queue
 from typing import IO, Callable
 
-from test_gateway import start_agent  # noqa: F401  (fixture)
 
 from aos_sm.agent.app import Agent
 

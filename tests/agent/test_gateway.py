@@ -4,65 +4,26 @@ wire contract (tests/contract_cm.py), never with the agent's own generated code.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable
 
-import grpc
 import pytest
 
 from contract_cm import ContractCM, example_commands, length_delimited_field
 from tls import TLSMaterial
 
+from agent_helpers import make_config, registered
+
 from aos_sm.agent.app import Agent, build_agent
-from aos_sm.agent.config import parse_config
 from aos_sm.agent.errors import NotFound, WrongState
 from aos_sm.agent.outbox import core_alert
 from aos_sm.statemachine import State
 
 NOT_SUPPORTED, INVALID_ARGUMENT, ALREADY_EXIST, WRONG_STATE = 12, 6, 8, 9
-
-
-def make_config(tmp_path: Path, address: str, **extra: Any) -> Any:
-    data = {
-        "nodeId": "node-test",
-        "cmServerURL": address,
-        "tlsMode": "plaintext",
-        "cmReconnectTimeout": "100ms",
-        "cmReconnectMaxTimeout": "1s",
-        "workingDir": str(tmp_path / "work"),
-        "resourcesConfigFile": str(tmp_path / "resources.cfg"),
-        "runtimes": [{"type": "runc"}],
-        **extra,
-    }
-    (tmp_path / "work").mkdir(exist_ok=True)
-    return parse_config(json.dumps(data))
-
-
-@pytest.fixture
-def start_agent(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
-    agents: list[Agent] = []
-
-    def start(address: str, *, connect_timeout: float = 5.0, **extra: Any) -> Agent:
-        agent = build_agent(make_config(tmp_path, address, **extra), connect_timeout=connect_timeout)
-        agent.start()
-        agents.append(agent)
-        return agent
-
-    yield start
-    for agent in agents:
-        assert agent.stop(timeout=5.0)
-
-
-def registered(cm: ContractCM, index: int = -1, timeout: float = 10.0) -> Any:
-    session = cm.wait_session(index, timeout)
-    session.wait_for("node_instances_status", timeout)
-    assert session.kinds()[:2] == ["sm_info", "node_instances_status"]
-    return session
 
 
 def test_registration_sends_sm_info_first_then_node_instances_status(

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from contract_cm import ContractCM
 from tls import TLSMaterial
-from test_gateway import make_config, registered, start_agent  # noqa: F401  (fixture)
+from agent_helpers import registered
 
 from aos_sm.agent.app import Agent
 from aos_sm.agent.rpc import CHANNEL_OPTIONS

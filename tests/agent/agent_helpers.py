@@ -1,0 +1,35 @@
+"""Helpers for the agent's integration tests: a config for a test CM, and "registered"."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from contract_cm import ContractCM
+
+from aos_sm.agent.config import AgentConfig, parse_config
+
+
+def make_config(tmp_path: Path, address: str, **extra: Any) -> AgentConfig:
+    data = {
+        "nodeId": "node-test",
+        "cmServerURL": address,
+        "tlsMode": "plaintext",
+        "cmReconnectTimeout": "100ms",
+        "cmReconnectMaxTimeout": "1s",
+        "workingDir": str(tmp_path / "work"),
+        "resourcesConfigFile": str(tmp_path / "resources.cfg"),
+        "runtimes": [{"type": "runc"}],
+        **extra,
+    }
+    (tmp_path / "work").mkdir(exist_ok=True)
+    return parse_config(json.dumps(data))
+
+
+def registered(cm: ContractCM, index: int = -1, timeout: float = 10.0) -> Any:
+    """Session ``index`` once it has registered; asserts SMInfo came first, then NodeInstancesStatus."""
+    session = cm.wait_session(index, timeout)
+    session.wait_for("node_instances_status", timeout)
+    assert session.kinds()[:2] == ["sm_info", "node_instances_status"]
+    return session

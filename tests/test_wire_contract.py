@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FieldDescriptor
 
 from aos_sm.proto.common.v2 import common_pb2
@@ -71,13 +72,16 @@ def _message_facts(message: _descriptor.Descriptor) -> list[str]:
 def descriptor_facts(file: _descriptor.FileDescriptor) -> list[str]:
     imports = ",".join(dep.name for dep in file.dependencies)
     facts = [f"file\t{file.name}\tpackage={file.package}\timports={imports}"]
-    for service in file.services_by_name.values():
-        for method in service.methods:
+    # Streaming flags are read from the FileDescriptorProto: MethodDescriptor only grew
+    # client_streaming/server_streaming attributes in protobuf 5.
+    proto = descriptor_pb2.FileDescriptorProto.FromString(file.serialized_pb)
+    for service in proto.service:
+        for method in service.method:
             client = "stream " if method.client_streaming else ""
             server = "stream " if method.server_streaming else ""
             facts.append(
-                f"rpc\t{service.full_name}/{method.name}\t{client}{method.input_type.full_name}"
-                f" -> {server}{method.output_type.full_name}"
+                f"rpc\t{proto.package}.{service.name}/{method.name}\t{client}{method.input_type[1:]}"
+                f" -> {server}{method.output_type[1:]}"
             )
     for enum in file.enum_types_by_name.values():
         facts.extend(f"enum\t{enum.full_name}\t{v.name}\t{v.number}" for v in enum.values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -196,7 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _disable_grpc_fork_handlers() -> None:
+    """The agent forks helpers (OCI runtimes, journalctl) while gRPC threads run. With gRPC's
+    fork handlers on, a child can die between fork and exec with "epoll_wait error: Bad file
+    descriptor" (grpc/grpc issue 43055; seen here with grpcio 1.80). fork+exec needs no handlers,
+    so they are turned off before grpc is first imported, unless the operator set it."""
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    _disable_grpc_fork_handlers()
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)

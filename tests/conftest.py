@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests fork openssl and the agent while gRPC threads run: see agent/cli.py,
+# _disable_grpc_fork_handlers. Must precede the first grpc import.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 from pathlib import Path
 from typing import Iterator, Optional
 

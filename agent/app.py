@@ -16,7 +16,8 @@ from .config import AgentConfig
 from .dispatch import Dispatcher
 from .gateway import Gateway
 from .nodeconfig_store import NodeConfigService
-from .outbox import Outbox, core_alert
+from .messages import core_alert
+from .outbox import Outbox
 from .sminfo import build_sm_info
 from .unsupported import UnsupportedLauncher, UnsupportedLogs, UnsupportedMonitoring, UnsupportedNetwork
 

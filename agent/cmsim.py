@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 from concurrent import futures
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -20,10 +19,9 @@ from google.protobuf import json_format
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from . import rpc
+from .writequeue import WriteQueue
 
 log = logging.getLogger(__name__)
-
-_END = object()
 
 SERVER_OPTIONS = [
     # Accept the SM's 10 s keepalive pings even with no data in flight.
@@ -44,7 +42,7 @@ class SimSession:
         self.number = number
         self.received: List[sm_pb2.SMOutgoingMessages] = []
         self._on_message = on_message
-        self._outgoing: "queue.SimpleQueue[object]" = queue.SimpleQueue()
+        self._outgoing: WriteQueue[sm_pb2.SMIncomingMessages] = WriteQueue()
         self._arrived = threading.Condition()
         self.closed = threading.Event()
 
@@ -52,7 +50,7 @@ class SimSession:
         self._outgoing.put(message)
 
     def end(self) -> None:
-        self._outgoing.put(_END)
+        self._outgoing.close()
 
     def wait_for(self, kind: str, timeout: float = 5.0, after: int = 0) -> Optional[object]:
         """The first message of ``kind`` at index >= ``after``, waiting up to ``timeout``."""
@@ -72,14 +70,6 @@ class SimSession:
             self.received.append(message)
             self._arrived.notify_all()
         self._on_message(self, message)
-
-    def _outgoing_iter(self) -> Iterator[sm_pb2.SMIncomingMessages]:
-        while True:
-            item = self._outgoing.get()
-            if item is _END:
-                return
-            assert isinstance(item, sm_pb2.SMIncomingMessages)
-            yield item
 
     def _finish(self) -> None:
         with self._arrived:
@@ -159,7 +149,7 @@ class SimulatedCM:
 
         threading.Thread(target=read, name=f"cmsim-read-{session.number}", daemon=True).start()
         context.add_callback(session.end)
-        yield from session._outgoing_iter()
+        yield from session._outgoing
 
     def _get_blobs_infos(self, request: sm_pb2.BlobsInfosRequest, context: grpc.ServicerContext) -> sm_pb2.BlobsInfos:
         missing = [digest for digest in request.digests if digest not in self.blob_urls]

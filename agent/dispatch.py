@@ -16,7 +16,7 @@ from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from .cloud import CloudConnection
 from .errors import error_info_from_exception
-from .outbox import core_alert, now_timestamp
+from .messages import core_alert, failed_instance_status, log_error, now_timestamp
 from .ports import LauncherPort, LogsPort, MonitoringPort, NetworkPort, NodeConfigPort, Sender
 
 log = logging.getLogger(__name__)
@@ -113,17 +113,7 @@ class Dispatcher:
         except Exception as err:
             log.exception("launcher failed on UpdateInstances")
             error = error_info_from_exception(err)
-            failed = [
-                sm_pb2.InstanceStatus(
-                    instance=info.instance,
-                    version=info.version,
-                    runtime_id=info.runtime_id,
-                    manifest_digest=info.manifest_digest,
-                    state="failed",
-                    error=error,
-                )
-                for info in request.start_instances
-            ]
+            failed = [failed_instance_status(info, error) for info in request.start_instances]
             if failed:
                 self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=failed)))
             self._sender.send(Out(node_instances_status=self._launcher.node_instances_status()))
@@ -135,17 +125,7 @@ class Dispatcher:
             handler()
         except Exception as err:
             log.exception("log request %s failed", correlation_id)
-            self._sender.send(
-                Out(
-                    log=sm_pb2.LogData(
-                        correlation_id=correlation_id,
-                        part=0,
-                        part_count=0,
-                        status="error",
-                        error=error_info_from_exception(err),
-                    )
-                )
-            )
+            self._sender.send(log_error(correlation_id, error_info_from_exception(err)))
 
     def _system_log(self, request: Message) -> None:
         assert isinstance(request, sm_pb2.SystemLogRequest)

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import collections
 import logging
-import queue
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import grpc
 
@@ -33,6 +32,7 @@ from .certwatch import CertificateWatcher
 from .config import AgentConfig
 from .errors import AosError, Failed, NotFound, Timeout, WrongState
 from .outbox import Outbox
+from .writequeue import WriteQueue
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ Registration = Callable[[], Tuple[sm_pb2.SMInfo, sm_pb2.NodeInstancesStatus]]
 Handler = Callable[[sm_pb2.SMIncomingMessages], None]
 
 CONNECT_TIMEOUT = 5.0
-_END = object()
 
 
 @dataclass
@@ -49,18 +48,10 @@ class _Session:
     channel: Optional[grpc.Channel] = None
     ready: Optional["grpc.Future[None]"] = None
     call: Optional[grpc.Call] = None
-    writes: "queue.SimpleQueue[object]" = field(default_factory=queue.SimpleQueue)
-
-    def requests(self) -> Iterator[sm_pb2.SMOutgoingMessages]:
-        while True:
-            item = self.writes.get()
-            if item is _END:
-                return
-            assert isinstance(item, sm_pb2.SMOutgoingMessages)
-            yield item
+    writes: WriteQueue[sm_pb2.SMOutgoingMessages] = field(default_factory=WriteQueue)
 
     def close(self) -> None:
-        self.writes.put(_END)
+        self.writes.close()
         if self.ready is not None:
             self.ready.cancel()
         if self.call is not None:
@@ -249,7 +240,7 @@ class Gateway:
         # Queued before the call starts, so gRPC writes them first, in this order.
         session.writes.put(sm_pb2.SMOutgoingMessages(sm_info=sm_info))
         session.writes.put(sm_pb2.SMOutgoingMessages(node_instances_status=instances))
-        session.call = rpc.register_sm(session.channel)(session.requests())
+        session.call = rpc.register_sm(session.channel)(iter(session.writes))
         threading.Thread(
             target=self._read, args=(session,), name=f"sm-reader-{number}", daemon=True
         ).start()

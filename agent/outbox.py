@@ -18,9 +18,9 @@ import logging
 import threading
 from typing import Callable, Deque, Dict, List, Optional
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
+
+from .messages import core_alert
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +87,3 @@ class Outbox:
     def pending_kinds(self) -> List[str]:
         with self._lock:
             return [str(message.WhichOneof(KIND)) for message in self._pending]
-
-
-def now_timestamp() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
-
-
-def core_alert(message: str) -> sm_pb2.SMOutgoingMessages:
-    """A CoreAlert from the SM itself, so CM learns of problems on the node."""
-    return sm_pb2.SMOutgoingMessages(
-        alert=sm_pb2.Alert(
-            timestamp=now_timestamp(),
-            core_alert=sm_pb2.CoreAlert(core_component="SM", message=message),
-        )
-    )

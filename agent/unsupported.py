@@ -14,7 +14,7 @@ from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from .errors import NotSupported
-from .outbox import core_alert, now_timestamp
+from .messages import core_alert, failed_instance_status, log_error, now_timestamp
 from .ports import Sender
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,7 @@ class UnsupportedLauncher:
                 self._instances.pop(_key(ident), None)
             statuses = []
             for info in request.start_instances:
-                status = sm_pb2.InstanceStatus(
-                    instance=info.instance,
-                    version=info.version,
-                    runtime_id=info.runtime_id,
-                    manifest_digest=info.manifest_digest,
-                    state="failed",
-                    error=error.to_error_info(),
-                )
+                status = failed_instance_status(info, error.to_error_info())
                 self._instances[_key(info.instance)] = status
                 statuses.append(status)
         if statuses:
@@ -69,16 +62,7 @@ class UnsupportedLauncher:
 
 
 def _log_error(correlation_id: str) -> sm_pb2.SMOutgoingMessages:
-    error = NotSupported("log retrieval is not available on this node yet")
-    return sm_pb2.SMOutgoingMessages(
-        log=sm_pb2.LogData(
-            correlation_id=correlation_id,
-            part=0,
-            part_count=0,
-            status="error",
-            error=error.to_error_info(),
-        )
-    )
+    return log_error(correlation_id, NotSupported("log retrieval is not available on this node yet").to_error_info())
 
 
 class UnsupportedLogs:

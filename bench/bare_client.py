@@ -7,34 +7,26 @@ with one prebuilt NodeConfigStatus: the least work any SM could do for that comm
 
 from __future__ import annotations
 
-import queue
 import sys
 import threading
-from typing import Iterator, Optional
+from typing import Optional
 
 import grpc
 
+from aos_sm.agent.writequeue import WriteQueue
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 METHOD = "/servicemanager.v5.SMService/RegisterSM"
-_END = object()
 
 
 class BareClient:
     def __init__(self, target: str) -> None:
         self._channel = grpc.insecure_channel(target)
-        self._writes: "queue.SimpleQueue[object]" = queue.SimpleQueue()
+        self._writes: WriteQueue[sm_pb2.SMOutgoingMessages] = WriteQueue()
         self._reply = sm_pb2.SMOutgoingMessages(
             node_config_status=sm_pb2.NodeConfigStatus(state="absent", error={"aos_code": 0})
         )
         self._thread: Optional[threading.Thread] = None
-
-    def _requests(self) -> Iterator[sm_pb2.SMOutgoingMessages]:
-        while True:
-            item = self._writes.get()
-            if item is _END:
-                return
-            yield item  # type: ignore[misc]
 
     def start(self, node_id: str = "bare") -> None:
         self._writes.put(sm_pb2.SMOutgoingMessages(sm_info=sm_pb2.SMInfo(node_id=node_id)))
@@ -43,7 +35,7 @@ class BareClient:
             METHOD,
             request_serializer=sm_pb2.SMOutgoingMessages.SerializeToString,
             response_deserializer=sm_pb2.SMIncomingMessages.FromString,
-        )(self._requests())
+        )(iter(self._writes))
 
         def echo() -> None:
             try:
@@ -58,7 +50,7 @@ class BareClient:
         self._call = call
 
     def stop(self) -> None:
-        self._writes.put(_END)
+        self._writes.close()
         self._call.cancel()
         self._channel.close()
 

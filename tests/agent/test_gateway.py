@@ -20,7 +20,7 @@ from agent_helpers import make_config, registered
 
 from aos_sm.agent.app import Agent, build_agent
 from aos_sm.agent.errors import NotFound, WrongState
-from aos_sm.agent.outbox import core_alert
+from aos_sm.agent.messages import core_alert
 from aos_sm.statemachine import State
 
 NOT_SUPPORTED, INVALID_ARGUMENT, ALREADY_EXIST, WRONG_STATE = 12, 6, 8, 9

@@ -14,7 +14,8 @@ from typing import Iterator, Optional
 import grpc
 import pytest
 
-from contract_cm import CMFactory, Contract, ContractCM
+from contract import Contract
+from contract_cm import CMFactory, ContractCM
 from tls import TLSMaterial, make_tls_material, openssl_path
 
 

@@ -14,22 +14,17 @@ import grpc
 import pytest
 from google.protobuf import descriptor_pb2
 
-from contract_cm import (
+from contract import (
     CONTRACT_PATH,
-    CMFactory,
-    GET_BLOBS_INFOS,
-    REGISTER_SM,
-    CMWaitTimeout,
     Contract,
-    ContractCM,
     ContractFileError,
-    SessionClosed,
     build_file_protos,
     example_commands,
     kind_of,
     length_delimited_field,
     message_to_dict,
 )
+from contract_cm import GET_BLOBS_INFOS, REGISTER_SM, CMFactory, CMWaitTimeout, ContractCM, SessionClosed
 from tls import TLSMaterial, der_from_pem
 
 RPC_TIMEOUT = 10.0

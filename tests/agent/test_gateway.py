@@ -13,7 +13,8 @@ from typing import Callable
 
 import pytest
 
-from contract_cm import ContractCM, example_commands, length_delimited_field
+from contract import example_commands, length_delimited_field
+from contract_cm import ContractCM
 from tls import TLSMaterial
 
 from agent_helpers import make_config, registered

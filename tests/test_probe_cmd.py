@@ -64,7 +64,18 @@ def test_config_file_settings_apply(tmp_path: Path) -> None:
     assert int(runtime["allowedRam"]) == min(2 * 1024**3, int(runtime["totalRam"]) // 2)
 
 
-def test_live_probe_exits_zero() -> None:
+def test_live_probe_json_reports_this_machine() -> None:
     code, out, _ = _run(["--json"])
     assert code == 0
-    assert int(json.loads(out)["smInfo"]["runtimes"][0]["maxDmips"]) > 0
+    document = json.loads(out)
+    runtime = document["smInfo"]["runtimes"][0]
+    assert int(runtime["maxDmips"]) > 0
+    memtotal_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                        if line.startswith("MemTotal:"))
+    assert int(runtime["totalRam"]) == memtotal_kib * 1024
+    fs_types = {line.split(" - ")[1].split()[0] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
+    v1, v2 = "cgroup" in fs_types, "cgroup2" in fs_types
+    assert document["cgroups"]["mode"] == ("hybrid" if v1 and v2 else "v1" if v1 else "v2" if v2 else "none")
+    assert len(document["cpus"]) == sum(
+        1 for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("processor")
+    )

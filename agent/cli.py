@@ -187,12 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     fsm.set_defaults(func=cmd_fsm)
 
     probe = commands.add_parser("probe", help="what this node would register: CPUs, DMIPS, RAM, cgroups")
-    try:
-        from . import probe_cmd
-    except ImportError:  # probe_cmd is optional at import time only while hw/ is being built
-        probe_cmd = None  # type: ignore[assignment]
-    if probe_cmd is not None:
-        probe_cmd.add_arguments(probe)
+    from . import probe_cmd
+
+    probe_cmd.add_arguments(probe)
     probe.set_defaults(func=cmd_probe)
     return parser
 

@@ -8,7 +8,7 @@ A oneof kind this agent does not know (a newer CM) is logged and ignored; the st
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, FrozenSet
+from typing import Callable, Dict
 
 from google.protobuf.message import Message
 
@@ -55,10 +55,6 @@ class Dispatcher:
             "connection_status": self._connection_status,
             "update_networks": self._update_networks,
         }
-
-    @property
-    def kinds(self) -> FrozenSet[str]:
-        return frozenset(self._routes)
 
     def handle(self, message: sm_pb2.SMIncomingMessages) -> None:
         kind = message.WhichOneof("SMIncomingMessage")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from typing import Callable, Deque, Dict, List, Optional
+from typing import Callable, Deque, Dict, Optional
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
@@ -83,7 +83,3 @@ class Outbox:
     def detach(self) -> None:
         with self._lock:
             self._writer = None
-
-    def pending_kinds(self) -> List[str]:
-        with self._lock:
-            return [str(message.WhichOneof(KIND)) for message in self._pending]

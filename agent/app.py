@@ -15,11 +15,14 @@ from .cloud import CloudConnection
 from .config import AgentConfig
 from .dispatch import Dispatcher
 from .gateway import Gateway
+from .logs.alerts import JournalAlerts
+from .logs.build import build_logs
+from .logs.service import LogService, NoInstanceLogs
 from .nodeconfig_store import NodeConfigService
 from .messages import core_alert
 from .outbox import Outbox
 from .sminfo import build_sm_info
-from .unsupported import UnsupportedLauncher, UnsupportedLogs, UnsupportedMonitoring, UnsupportedNetwork
+from .unsupported import UnsupportedLauncher, UnsupportedMonitoring, UnsupportedNetwork
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +37,20 @@ class Agent:
     launcher: UnsupportedLauncher
     cloud: CloudConnection
     capacity: hw.NodeCapacity
+    logs: LogService
+    journal_alerts: Optional[JournalAlerts] = None
 
     def start(self) -> None:
+        if self.journal_alerts is not None:
+            self.journal_alerts.start()
         self.gateway.start()
 
     def stop(self, timeout: float = 5.0) -> bool:
-        return self.gateway.stop(timeout)
+        stopped = self.gateway.stop(timeout)
+        self.logs.close()
+        if self.journal_alerts is not None:
+            stopped = self.journal_alerts.stop(timeout) and stopped
+        return stopped
 
 
 class _Registration:
@@ -82,11 +93,13 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     node_config = NodeConfigService(config.node_config_file)
     launcher = UnsupportedLauncher(outbox)
     cloud = CloudConnection()
+    # The launcher will be the instance log source; until it records instances, there are none.
+    logs, journal_alerts = build_logs(config, outbox, NoInstanceLogs())
     dispatcher = Dispatcher(
         sender=outbox,
         node_config=node_config,
         launcher=launcher,
-        logs=UnsupportedLogs(outbox),
+        logs=logs,
         monitoring=UnsupportedMonitoring(outbox),
         network=UnsupportedNetwork(outbox),
         cloud=cloud,
@@ -99,7 +112,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         outbox=outbox,
         connect_timeout=connect_timeout,
     )
-    return Agent(config, outbox, gateway, dispatcher, node_config, launcher, cloud, capacity)
+    return Agent(config, outbox, gateway, dispatcher, node_config, launcher, cloud, capacity, logs, journal_alerts)
 
 
 def describe(agent: Agent) -> List[str]:

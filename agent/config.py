@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import socket
 from dataclasses import dataclass, field
@@ -43,10 +44,23 @@ _KNOWN: Dict[str, Any] = {
     "systemreserve": {"dmipspercent": None, "rampercent": None},
     "cgroupparent": None,
     "monitoring": {"pollperiod": None, "averagewindow": None},
-    "logging": {"maxpartsize": None, "maxpartcount": None},
+    "logging": {"maxpartsize": None, "maxpartcount": None, "systemlog": None},
     "runtimes": None,
-    "journalalerts": None,
+    "journalalerts": {"filter": None, "systemalertpriority": None, "servicealertpriority": None},
 }
+
+JOURNALD = "journald"
+
+
+@dataclass(frozen=True)
+class JournalAlertsConfig:
+    """``journalAlerts``: journal entries at or above a priority (syslog numbers: 0 emerg ... 7
+    debug; "above" means a lower number) become alerts, except those whose message matches one of
+    ``filters`` (Python regular expressions, searched anywhere in the message)."""
+
+    filters: Tuple[str, ...] = ()
+    system_alert_priority: int = 3
+    service_alert_priority: int = 4
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,8 @@ class AgentConfig:
     average_window: float = 35.0
     max_part_size: int = 262144
     max_part_count: int = 80
+    system_log: str = "/var/log/messages"
+    journal_alerts: JournalAlertsConfig = JournalAlertsConfig()
     runtimes: Tuple[str, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     warnings: Tuple[str, ...] = ()
@@ -179,6 +195,48 @@ def detect_runtimes(which: Callable[[str], Optional[str]] = shutil.which) -> Tup
     return found or ("container",)
 
 
+def detect_system_log(root: Path = Path("/"), which: Callable[[str], Optional[str]] = shutil.which) -> str:
+    """``journald`` where it runs (its socket exists) and journalctl can read it, else the file
+    busybox syslogd writes on Buildroot images."""
+    if (root / "run/systemd/journal/socket").exists() and which("journalctl"):
+        return JOURNALD
+    return "/var/log/messages"
+
+
+def _system_log(reader: _Reader, root: Path) -> str:
+    value = reader.string("logging.systemLog")
+    if value is None:
+        return detect_system_log(root)
+    if value.lower() == JOURNALD:
+        return JOURNALD
+    if not value.startswith("/"):
+        raise ConfigError("logging.systemLog", f"expected \"journald\" or an absolute file path, got {value!r}")
+    return value
+
+
+def _journal_alerts(reader: _Reader) -> JournalAlertsConfig:
+    raw = reader.get("journalAlerts")
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError("journalAlerts", f"expected an object, got {json.dumps(raw)}")
+    patterns = reader.get("journalAlerts.filter")
+    if patterns is None:
+        patterns = []
+    if not isinstance(patterns, list):
+        raise ConfigError("journalAlerts.filter", f"expected a list of regular expressions, got {json.dumps(patterns)}")
+    for index, pattern in enumerate(patterns):
+        if not isinstance(pattern, str):
+            raise ConfigError(f"journalAlerts.filter[{index}]", f"expected a regular expression, got {json.dumps(pattern)}")
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ConfigError(f"journalAlerts.filter[{index}]", f"not a valid regular expression: {err}") from err
+    return JournalAlertsConfig(
+        filters=tuple(patterns),
+        system_alert_priority=reader.integer("journalAlerts.systemAlertPriority", 3, low=0, high=7),
+        service_alert_priority=reader.integer("journalAlerts.serviceAlertPriority", 4, low=0, high=7),
+    )
+
+
 def _runtimes(reader: _Reader) -> Tuple[str, ...]:
     value = reader.get("runtimes")
     if value is None:
@@ -240,6 +298,8 @@ def parse_config(text: str, *, root: Path = Path("/")) -> AgentConfig:
         average_window=reader.seconds("monitoring.averageWindow", 35.0),
         max_part_size=reader.integer("logging.maxPartSize", 262144, low=1024, high=64 * 1024 * 1024),
         max_part_count=reader.integer("logging.maxPartCount", 80, low=1, high=100000),
+        system_log=_system_log(reader, root),
+        journal_alerts=_journal_alerts(reader),
         runtimes=_runtimes(reader) or detect_runtimes(),
         raw=data,
         warnings=tuple(warnings),

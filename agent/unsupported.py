@@ -14,7 +14,7 @@ from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from .errors import NotSupported
-from .messages import core_alert, failed_instance_status, log_error, now_timestamp
+from .messages import core_alert, failed_instance_status, now_timestamp
 from .ports import Sender
 
 log = logging.getLogger(__name__)
@@ -59,26 +59,6 @@ class UnsupportedLauncher:
     def node_instances_status(self) -> sm_pb2.NodeInstancesStatus:
         with self._lock:
             return sm_pb2.NodeInstancesStatus(instances=list(self._instances.values()))
-
-
-def _log_error(correlation_id: str) -> sm_pb2.SMOutgoingMessages:
-    return log_error(correlation_id, NotSupported("log retrieval is not available on this node yet").to_error_info())
-
-
-class UnsupportedLogs:
-    """Each request gets one ``error`` part (part 0 of 0, PROTOCOL.md "Logs") with notSupported."""
-
-    def __init__(self, sender: Sender) -> None:
-        self._sender = sender
-
-    def system_log(self, request: sm_pb2.SystemLogRequest) -> None:
-        self._sender.send(_log_error(request.correlation_id))
-
-    def instance_log(self, request: sm_pb2.InstanceLogRequest) -> None:
-        self._sender.send(_log_error(request.correlation_id))
-
-    def crash_log(self, request: sm_pb2.InstanceCrashLogRequest) -> None:
-        self._sender.send(_log_error(request.correlation_id))
 
 
 class UnsupportedMonitoring:

@@ -24,7 +24,7 @@ from aos_sm.agent.errors import NotFound, WrongState
 from aos_sm.agent.messages import core_alert
 from aos_sm.statemachine import State
 
-NOT_SUPPORTED, INVALID_ARGUMENT, ALREADY_EXIST, WRONG_STATE = 12, 6, 8, 9
+NOT_SUPPORTED, INVALID_ARGUMENT, ALREADY_EXIST, WRONG_STATE, RUNTIME = 12, 6, 8, 9, 2
 
 
 def test_registration_sends_sm_info_first_then_node_instances_status(
@@ -42,9 +42,9 @@ def test_registration_sends_sm_info_first_then_node_instances_status(
 
 
 def test_every_command_kind_gets_its_reply_with_error_filled(
-    contract_cm: ContractCM, start_agent: Callable[..., Agent]
+    contract_cm: ContractCM, start_agent: Callable[..., Agent], tmp_path: Path
 ) -> None:
-    agent = start_agent(contract_cm.address)
+    agent = start_agent(contract_cm.address, logging={"systemLog": str(tmp_path / "no-such-log")})
     session = registered(contract_cm)
     commands = example_commands()
     assert set(commands) == set(contract_cm.contract.incoming_kinds)
@@ -69,11 +69,14 @@ def test_every_command_kind_gets_its_reply_with_error_filled(
     ]
     assert session.wait_for("node_instances_status", predicate=lambda m: len(m.instances) == 1)
 
-    for kind, correlation in (("system_log_request", "log-1"), ("instance_log_request", "log-2"),
-                              ("instance_crash_log_request", "log-3")):
+    # No system log file: an error naming it; no instances yet: absent (tests/agent/test_logs.py).
+    for kind, correlation, expected in (("system_log_request", "log-1", ("error", 0, 0, RUNTIME)),
+                                        ("instance_log_request", "log-2", ("absent", 1, 1, 0)),
+                                        ("instance_crash_log_request", "log-3", ("absent", 1, 1, 0))):
         session.send(kind, commands[kind])
         part = session.wait_for("log", predicate=lambda m, c=correlation: m.correlation_id == c)
-        assert (part.status, part.part, part.part_count, part.error.aos_code) == ("error", 0, 0, NOT_SUPPORTED)
+        assert (part.status, part.part, part.part_count, part.error.aos_code) == expected
+        assert part.status != "error" or "no-such-log" in part.error.message
 
     session.send("get_average_monitoring", commands["get_average_monitoring"])
     average = session.wait_for("average_monitoring")

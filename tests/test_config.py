@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aos_sm.agent.config import detect_runtimes, load_config, parse_config
+from aos_sm.agent.config import JournalAlertsConfig, detect_runtimes, detect_system_log, load_config, parse_config
 from aos_sm.agent.errors import ConfigError
 
 
@@ -69,6 +69,13 @@ def test_node_id_defaults_to_machine_id_then_hostname(tmp_path: Path) -> None:
         ({"systemReserve": {"ramPercent": 150}}, "systemReserve.ramPercent"),
         ({"runtimes": "runc"}, "runtimes"),
         ({"runtimes": [{"type": ""}]}, "runtimes[0].type"),
+        ({"logging": {"systemLog": "messages"}}, "logging.systemLog"),
+        ({"logging": {"systemLog": 3}}, "logging.systemLog"),
+        ({"journalAlerts": []}, "journalAlerts"),
+        ({"journalAlerts": {"filter": "x"}}, "journalAlerts.filter"),
+        ({"journalAlerts": {"filter": ["ok", "(unclosed"]}}, "journalAlerts.filter[1]"),
+        ({"journalAlerts": {"systemAlertPriority": 8}}, "journalAlerts.systemAlertPriority"),
+        ({"journalAlerts": {"serviceAlertPriority": "4"}}, "journalAlerts.serviceAlertPriority"),
     ],
 )
 def test_a_bad_value_names_its_key(data: dict, key: str) -> None:
@@ -82,6 +89,26 @@ def test_unknown_keys_are_warnings_not_errors() -> None:
     config = parse_config(json.dumps({"colour": "blue", "monitoring": {"pollPeriod": "1s", "x": 1}}))
     assert config.warnings == ("unknown configuration key 'colour' ignored",
                                "unknown configuration key 'monitoring.x' ignored")
+
+
+def test_the_system_log_is_the_configured_one_else_what_the_node_has(tmp_path: Path) -> None:
+    assert parse({"logging": {"systemLog": "JournalD"}}).system_log == "journald"
+    assert parse({"logging": {"systemLog": "/var/log/syslog"}}).system_log == "/var/log/syslog"
+    journalctl = lambda name: "/usr/bin/journalctl"  # noqa: E731
+    assert detect_system_log(tmp_path, journalctl) == "/var/log/messages"
+    (tmp_path / "run/systemd/journal").mkdir(parents=True)
+    (tmp_path / "run/systemd/journal/socket").touch()
+    assert detect_system_log(tmp_path, journalctl) == "journald"
+    assert detect_system_log(tmp_path, lambda name: None) == "/var/log/messages"
+    assert parse({}, root=tmp_path).system_log in ("journald", "/var/log/messages")
+
+
+def test_journal_alerts_follow_the_reference_defaults_and_keys() -> None:
+    assert parse({}).journal_alerts == JournalAlertsConfig((), 3, 4)
+    config = parse({"JournalAlerts": {"Filter": ["^audit", "ignored"], "systemAlertPriority": 2,
+                                      "serviceAlertPriority": 5}})
+    assert config.journal_alerts == JournalAlertsConfig(("^audit", "ignored"), 2, 5)
+    assert config.warnings == ()
 
 
 def test_runtimes_come_from_the_config_or_from_what_is_installed() -> None:

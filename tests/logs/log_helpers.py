@@ -1,10 +1,19 @@
-"""A Sender that records LogData replies, and readers for what a reply carried."""
+"""A Sender that records LogData replies, readers for what a reply carried, and a real journal."""
 
 from __future__ import annotations
 
 import gzip
+import json
+import socket
+import subprocess
+import sys
 import threading
-from typing import Dict, List
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Dict, List
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
@@ -56,3 +65,61 @@ def one_status(parts: List[sm_pb2.LogData]) -> Dict[str, object]:
     part = parts[0]
     return {"status": part.status, "part": part.part, "part_count": part.part_count,
             "code": part.error.aos_code, "message": part.error.message, "has_error": part.HasField("error")}
+
+
+def stamp(when: datetime) -> Timestamp:
+    value = Timestamp()
+    value.FromMicroseconds(int((when - datetime(1970, 1, 1, tzinfo=timezone.utc)) / timedelta(microseconds=1)))
+    return value
+
+
+JOURNALD = Path("/lib/systemd/systemd-journald")
+
+
+class NamespacedJournal:
+    """A namespaced systemd-journald the test started (conftest.py ``journal``)."""
+
+    def __init__(self, namespace: str, process: "subprocess.Popen[bytes]") -> None:
+        self.namespace = namespace
+        self.process = process
+        self.socket = Path(f"/run/systemd/journal.{namespace}/socket")
+        machine_id = Path("/etc/machine-id").read_text().strip()
+        self.candidates = [Path(f"/var/log/journal/{machine_id}.{namespace}"),
+                           Path(f"/run/log/journal/{machine_id}.{namespace}")]
+
+    @property
+    def directory(self) -> Path:
+        for candidate in self.candidates:
+            if candidate.is_dir():
+                return candidate
+        raise AssertionError(f"journald {self.namespace} wrote no journal directory")
+
+    def send(self, message: str, priority: int = 6, **fields: str) -> None:
+        """Log one entry through journald's native protocol from this process."""
+        payload = {"MESSAGE": message, "PRIORITY": str(priority), "SYSLOG_IDENTIFIER": "aos-test", **fields}
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto("".join(f"{k}={v}\n" for k, v in payload.items()).encode(), str(self.socket))
+
+    def send_from_another_process(self, message: str, priority: int) -> None:
+        code = ("import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); "
+                "s.sendto(sys.argv[1].encode(), sys.argv[2])")
+        payload = f"MESSAGE={message}\nPRIORITY={priority}\nSYSLOG_IDENTIFIER=other\n"
+        subprocess.run([sys.executable, "-c", code, payload, str(self.socket)], check=True, timeout=30)
+
+    def entries(self) -> List[Dict[str, Any]]:
+        out = subprocess.run(["journalctl", "--no-pager", "-q", "-o", "json", "--directory", str(self.directory)],
+                             capture_output=True, check=True, timeout=30).stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    def wait_for_messages(self, messages: List[str], timeout: float = 20.0) -> List[Dict[str, Any]]:
+        """Our entries, once journald has written all of them (it writes asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                found = [e for e in self.entries() if e.get("MESSAGE") in messages]
+            except (AssertionError, subprocess.CalledProcessError):
+                found = []
+            if len(found) == len(messages) or time.monotonic() > deadline:
+                assert [e["MESSAGE"] for e in found] == messages
+                return found
+            time.sleep(0.05)

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
 
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from log_helpers import RecordingSender, assert_ok_parts, one_status
+from log_helpers import RecordingSender, assert_ok_parts, one_status, stamp
 
 from aos_sm.agent.instancelog import format_line
 from aos_sm.agent.logs.service import LogService, NoInstanceLogs
@@ -26,12 +25,6 @@ UTC = timezone.utc
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 BASE = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 RUNTIME, OUT_OF_RANGE = 2, 4
-
-
-def stamp(when: datetime) -> Timestamp:
-    value = Timestamp()
-    value.FromMicroseconds(int((when - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1)))
-    return value
 
 
 def syslog_line(second: int, n: int) -> bytes:

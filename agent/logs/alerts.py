@@ -33,6 +33,8 @@ from .journal import entry_time, field_text, journalctl_command, read_entries
 
 log = logging.getLogger(__name__)
 
+_MAX_RETRY_DELAY = 300.0
+
 # The reference's core units and the CoreAlert.core_component each one reports as (PROTOCOL.md).
 CORE_UNITS: Tuple[Tuple[str, str], ...] = (
     ("aos-communicationmanager", "CM"),
@@ -144,9 +146,11 @@ class JournalAlerts:
                 process.kill()
 
     def _run(self) -> None:
+        delay = self._retry_delay
         while not self._stop.is_set():
             try:
                 for entry in read_entries(self._command(), self._started):
+                    delay = self._retry_delay  # journalctl works again: the next failure waits the least
                     self._cursor = field_text(entry.get("__CURSOR")) or self._cursor
                     when = entry_time(entry)
                     if when is None or when.timestamp() < self._since:
@@ -158,5 +162,6 @@ class JournalAlerts:
                         break
             except Exception as err:
                 if not self._stop.is_set():
-                    log.warning("journal alerts: %s; following again in %.0f s", err, self._retry_delay)
-            self._stop.wait(self._retry_delay)
+                    log.warning("journal alerts: %s; following again in %.0f s", err, delay)
+            self._stop.wait(delay)
+            delay = min(delay * 2, _MAX_RETRY_DELAY)

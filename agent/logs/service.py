@@ -75,9 +75,9 @@ class LogService:
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="logs")
 
-    def close(self) -> None:
-        """Drop queued requests; a request being read finishes on its thread."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, wait: bool = False) -> None:
+        """Drop queued requests; a request being read finishes on its thread (``wait``: first)."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
     # LogsPort: called on the CM reader thread, so each only queues its work.
 
@@ -140,6 +140,10 @@ class LogService:
         second = lines()
         try:
             for part, data in pad_parts(gzip_parts(split_parts(second, self._max_part_size)), part_count):
+                if not getattr(self._sender, "live", True):
+                    # The session that asked is gone and the outbox drops replies to it: stop reading.
+                    log.info("log request %s: CM disconnected after %d of %d parts", correlation_id, sent, part_count)
+                    return
                 self._sender.send(sm_pb2.SMOutgoingMessages(log=sm_pb2.LogData(
                     correlation_id=correlation_id, part_count=part_count, part=part, data=data, status="ok",
                     error=error_info_ok())))

@@ -232,3 +232,22 @@ def test_big_parts_compress(messages: Path) -> None:
     assert assert_ok_parts(parts, 64 * 1024) == expected(0, 59)
     assert sum(len(p.data) for p in parts) < len(expected(0, 59)) // 2
     assert gzip.decompress(parts[0].data).startswith(b"Nov 25 10:00:00")
+
+
+def test_streaming_stops_when_cm_disconnects(messages: Path) -> None:
+    class DroppingSender(RecordingSender):
+        """Goes offline after the first part, as the Outbox does when the session ends."""
+
+        live = True
+
+        def send(self, message: sm_pb2.SMOutgoingMessages) -> None:
+            super().send(message)
+            self.live = False
+
+    sender = DroppingSender()
+    service = make_service(sender, messages)
+    service.system_log(system_request("gone"))
+    service.close(wait=True)
+    parts = sender.parts("gone")
+    assert [(p.part, p.status) for p in parts] == [(1, "ok")]
+    assert parts[0].part_count > 1

@@ -17,9 +17,10 @@ from .dispatch import Dispatcher
 from .gateway import Gateway
 from .nodeconfig_store import NodeConfigService
 from .messages import core_alert
+from .monitoring import Monitor
 from .outbox import Outbox
 from .sminfo import build_sm_info
-from .unsupported import UnsupportedLauncher, UnsupportedLogs, UnsupportedMonitoring, UnsupportedNetwork
+from .unsupported import UnsupportedLauncher, UnsupportedLogs, UnsupportedNetwork
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,15 @@ class Agent:
     launcher: UnsupportedLauncher
     cloud: CloudConnection
     capacity: hw.NodeCapacity
+    monitor: Monitor  # the launcher registers its instances here (InstanceMonitorPort)
 
     def start(self) -> None:
+        self.monitor.start()
         self.gateway.start()
 
     def stop(self, timeout: float = 5.0) -> bool:
-        return self.gateway.stop(timeout)
+        monitor_stopped = self.monitor.stop(timeout)
+        return self.gateway.stop(timeout) and monitor_stopped
 
 
 class _Registration:
@@ -80,6 +84,13 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     for warning in capacity.warnings:
         log.warning("hardware probe: %s", warning)
     node_config = NodeConfigService(config.node_config_file)
+    if node_config.state == "failed":
+        outbox.send(core_alert(f"stored node config {config.node_config_file} is unreadable; state failed"))
+    monitor = Monitor(sender=outbox, capacity=capacity, poll_period=config.poll_period,
+                      average_window=config.average_window, partitions=config.monitoring_partitions,
+                      uplink_interfaces=config.uplink_interfaces, root=root)
+    monitor.on_node_config(node_config.current())
+    node_config.add_listener(monitor.on_node_config)
     launcher = UnsupportedLauncher(outbox)
     cloud = CloudConnection()
     dispatcher = Dispatcher(
@@ -87,7 +98,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         node_config=node_config,
         launcher=launcher,
         logs=UnsupportedLogs(outbox),
-        monitoring=UnsupportedMonitoring(outbox),
+        monitoring=monitor,
         network=UnsupportedNetwork(outbox),
         cloud=cloud,
     )
@@ -99,7 +110,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         outbox=outbox,
         connect_timeout=connect_timeout,
     )
-    return Agent(config, outbox, gateway, dispatcher, node_config, launcher, cloud, capacity)
+    return Agent(config, outbox, gateway, dispatcher, node_config, launcher, cloud, capacity, monitor)
 
 
 def describe(agent: Agent) -> List[str]:

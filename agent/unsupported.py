@@ -14,7 +14,7 @@ from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from .errors import NotSupported
-from .messages import core_alert, failed_instance_status, log_error, now_timestamp
+from .messages import core_alert, failed_instance_status, log_error
 from .ports import Sender
 
 log = logging.getLogger(__name__)
@@ -79,18 +79,6 @@ class UnsupportedLogs:
 
     def crash_log(self, request: sm_pb2.InstanceCrashLogRequest) -> None:
         self._sender.send(_log_error(request.correlation_id))
-
-
-class UnsupportedMonitoring:
-    """AverageMonitoring has no error field: reply with a timestamped empty sample, and say why
-    in a CoreAlert so the empty numbers are not mistaken for an idle node."""
-
-    def __init__(self, sender: Sender) -> None:
-        self._sender = sender
-
-    def average_monitoring(self) -> sm_pb2.AverageMonitoring:
-        self._sender.send(core_alert("average monitoring is not available on this node yet"))
-        return sm_pb2.AverageMonitoring(node_monitoring=sm_pb2.MonitoringData(timestamp=now_timestamp()))
 
 
 class UnsupportedNetwork:

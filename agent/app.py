@@ -15,6 +15,7 @@ from .cloud import CloudConnection
 from .config import AgentConfig
 from .dispatch import Dispatcher
 from .gateway import Gateway
+from .nodeconfig import NodeConfigState
 from .nodeconfig_store import NodeConfigService
 from .messages import core_alert
 from .monitoring import Monitor
@@ -84,7 +85,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     for warning in capacity.warnings:
         log.warning("hardware probe: %s", warning)
     node_config = NodeConfigService(config.node_config_file)
-    if node_config.state == "failed":
+    if node_config.state == NodeConfigState.FAILED:
         outbox.send(core_alert(f"stored node config {config.node_config_file} is unreadable; state failed"))
     monitor = Monitor(sender=outbox, capacity=capacity, poll_period=config.poll_period,
                       average_window=config.average_window, partitions=config.monitoring_partitions,

@@ -94,3 +94,16 @@ def test_an_unreadable_counter_is_one_core_alert_per_interval_not_one_per_poll(t
     assert len([a for a in sender.core_alerts() if "/proc/stat" in a]) == 2
     average: Any = monitor.average_monitoring()
     assert average.node_monitoring.ram == hw.used_ram(root) > 0
+
+
+def test_an_unreadable_stored_node_config_is_a_core_alert_after_registration(
+    contract_cm: Any, start_agent: Any, tmp_path: Path
+) -> None:
+    from agent_helpers import registered
+
+    stored = tmp_path / "aos_node.cfg"
+    stored.write_bytes(b"\x00not a stored node config")
+    start_agent(contract_cm.address, nodeConfigFile=str(stored))
+    session = registered(contract_cm)
+    alert = session.wait_for("alert", timeout=5, predicate=lambda a: "stored node config" in a.core_alert.message)
+    assert alert.core_alert.core_component == "SM"

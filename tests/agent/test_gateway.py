@@ -178,6 +178,9 @@ def test_alerts_sent_while_disconnected_follow_the_next_registration(
     port = cm.port
     agent = start_agent(cm.address)
     registered(cm)
+    # Live only once the agent has seen its registration through; stopping CM earlier would
+    # let the outage messages below be flushed into the dying first session.
+    assert agent.gateway.wait_synced(1, timeout=10)
     cm.stop()
     deadline = time.monotonic() + 5
     while agent.outbox.live and time.monotonic() < deadline:

@@ -15,7 +15,7 @@ from cgroupspy.controllers import CpuAcctController, MemoryController  # type: i
 from cgroupspy.nodes import Node  # type: ignore[import-untyped]
 
 from ._read import LIVE_ROOT, read_text, under
-from .cgroups import CgroupLayout
+from .cgroups import CgroupLayout, CgroupMount
 
 # --------------------------------------------------------------------------------------------
 # /proc/stat
@@ -159,21 +159,28 @@ def parse_cpu_stat_usage_usec(text: str) -> int | None:
     return None
 
 
+def _below_mount_root(mount: CgroupMount, relative: str) -> str:
+    """The cgroup's path under a mount that shows only a subtree (mountinfo field 4, e.g. inside
+    a container whose hierarchy root is `/docker/<id>`)."""
+    path = "/" + relative.strip("/")
+    mount_root = mount.root.rstrip("/")
+    if mount_root and (path + "/").startswith(mount_root + "/"):
+        path = path[len(mount_root):]
+    return path.strip("/")
+
+
 def resolve_cgroup_dirs(layout: CgroupLayout, relative: str, root: Path = LIVE_ROOT) -> CgroupDirs:
     """The directories of cgroup `relative` (same path in every hierarchy, e.g. `aos-sm/x`).
 
     CPU time comes from v1 `cpuacct` where that controller is mounted as v1, else from v2; memory
     from v1 `memory` where mounted as v1, else from v2 (where `memory` must be enabled).
     """
-    relative = relative.strip("/")
-
     def place(controller: str) -> tuple[int, Path] | None:
         v1 = [m for m in layout.mounts if m.version == 1 and controller in m.controllers]
-        if v1:
-            return 1, under(root, v1[0].mount_point) / relative
         v2 = [m for m in layout.mounts if m.version == 2]
-        if v2:
-            return 2, under(root, v2[0].mount_point) / relative
+        for version, mounts in ((1, v1), (2, v2)):
+            if mounts:
+                return version, under(root, mounts[0].mount_point) / _below_mount_root(mounts[0], relative)
         return None
 
     return CgroupDirs(cpu=place("cpuacct"), memory=place("memory"))

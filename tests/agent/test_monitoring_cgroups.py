@@ -35,7 +35,9 @@ def test_a_busy_instance_in_its_cgroup_shows_cpu_and_ram(
         key = InstanceKey("service1", "subject1", 0)
         agent.monitor.register_instance(MonitoredInstance(
             key=key, runtime_id="runc-id", cgroup=cgroup.relative,
-            monitoring_parameters=sm_pb2.MonitoringParameters(),
+            # ram rule: raise at 0.02 % of the node's RAM, far below the 64 MiB the process holds.
+            monitoring_parameters=sm_pb2.MonitoringParameters(alert_rules=sm_pb2.AlertRules(
+                ram=sm_pb2.AlertRulePercents(min_threshold=0.01, max_threshold=0.02))),
         ))
 
         def busy_seen(message: Any) -> bool:
@@ -50,6 +52,12 @@ def test_a_busy_instance_in_its_cgroup_shows_cpu_and_ram(
         # between reading the cgroup's counter and the clock).
         cores = len(agent.capacity.cpus)
         assert instance.monitoring_data.cpu <= 1.1 * agent.capacity.max_dmips / cores
+
+        alert = session.wait_for("alert", timeout=15, predicate=lambda a: a.HasField("instance_quota_alert"))
+        quota = alert.instance_quota_alert
+        assert (quota.instance.item_id, quota.instance.instance, quota.parameter, quota.status) == (
+            "service1", 0, "ram", "raise")
+        assert quota.value >= MIB << 20
 
         session.send("get_average_monitoring", {})
         average = session.wait_for("average_monitoring", timeout=1.0)

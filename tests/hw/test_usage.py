@@ -102,3 +102,9 @@ def test_no_cgroup_mounts_means_nothing_to_read(tmp_path: Path) -> None:
     dirs = resolve_cgroup_dirs(layout(), "x", tmp_path)
     assert dirs == CgroupDirs(None, None)
     assert read_cgroup_usage(dirs).memory_bytes is None
+
+
+def test_a_mount_of_a_subtree_drops_its_root_from_the_path(tmp_path: Path) -> None:
+    contained = layout(CgroupMount(2, "/sys/fs/cgroup", "/docker/abc", ("memory",)))
+    dirs = resolve_cgroup_dirs(contained, "docker/abc/aos-sm/inst1", tmp_path)
+    assert dirs.memory == (2, tmp_path / "sys/fs/cgroup/aos-sm/inst1")

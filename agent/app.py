@@ -18,11 +18,13 @@ from .gateway import Gateway
 from .logs.alerts import JournalAlerts
 from .logs.build import build_logs
 from .logs.service import LogService, NoInstanceLogs
+from .nodeconfig import NodeConfigState
 from .nodeconfig_store import NodeConfigService
 from .messages import core_alert
+from .monitoring import Monitor
 from .outbox import Outbox
 from .sminfo import build_sm_info
-from .unsupported import UnsupportedLauncher, UnsupportedMonitoring, UnsupportedNetwork
+from .unsupported import UnsupportedLauncher, UnsupportedNetwork
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +40,18 @@ class Agent:
     cloud: CloudConnection
     capacity: hw.NodeCapacity
     logs: LogService
+    monitor: Monitor  # the launcher registers its instances here (InstanceMonitorPort)
     journal_alerts: Optional[JournalAlerts] = None
 
     def start(self) -> None:
+        self.monitor.start()
         if self.journal_alerts is not None:
             self.journal_alerts.start()
         self.gateway.start()
 
     def stop(self, timeout: float = 5.0) -> bool:
         stopped = self.gateway.stop(timeout)
+        stopped = self.monitor.stop(timeout) and stopped
         self.logs.close()
         if self.journal_alerts is not None:
             stopped = self.journal_alerts.stop(timeout) and stopped
@@ -91,6 +96,13 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     for warning in capacity.warnings:
         log.warning("hardware probe: %s", warning)
     node_config = NodeConfigService(config.node_config_file)
+    if node_config.state == NodeConfigState.FAILED:
+        outbox.send(core_alert(f"stored node config {config.node_config_file} is unreadable; state failed"))
+    monitor = Monitor(sender=outbox, capacity=capacity, poll_period=config.poll_period,
+                      average_window=config.average_window, partitions=config.monitoring_partitions,
+                      uplink_interfaces=config.uplink_interfaces, root=root)
+    monitor.on_node_config(node_config.current())
+    node_config.add_listener(monitor.on_node_config)
     launcher = UnsupportedLauncher(outbox)
     cloud = CloudConnection()
     # The launcher will be the instance log source; until it records instances, there are none.
@@ -100,7 +112,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         node_config=node_config,
         launcher=launcher,
         logs=logs,
-        monitoring=UnsupportedMonitoring(outbox),
+        monitoring=monitor,
         network=UnsupportedNetwork(outbox),
         cloud=cloud,
     )
@@ -112,7 +124,8 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         outbox=outbox,
         connect_timeout=connect_timeout,
     )
-    return Agent(config, outbox, gateway, dispatcher, node_config, launcher, cloud, capacity, logs, journal_alerts)
+    return Agent(config, outbox, gateway, dispatcher, node_config, launcher, cloud, capacity, logs, monitor,
+                 journal_alerts)
 
 
 def describe(agent: Agent) -> List[str]:

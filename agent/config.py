@@ -43,7 +43,7 @@ _KNOWN: Dict[str, Any] = {
     "maxdmips": None,
     "systemreserve": {"dmipspercent": None, "rampercent": None},
     "cgroupparent": None,
-    "monitoring": {"pollperiod": None, "averagewindow": None},
+    "monitoring": {"pollperiod": None, "averagewindow": None, "partitions": None, "uplinkinterfaces": None},
     "logging": {"maxpartsize": None, "maxpartcount": None, "systemlog": None},
     "runtimes": None,
     "journalalerts": {"filter": None, "systemalertpriority": None, "servicealertpriority": None},
@@ -82,6 +82,10 @@ class AgentConfig:
     cgroup_parent: str = "aos-sm"
     poll_period: float = 35.0
     average_window: float = 35.0
+    # (name, path) whose filesystem's used bytes monitoring reports; empty: the working dir.
+    monitoring_partitions: Tuple[Tuple[str, Path], ...] = ()
+    # Interfaces whose traffic is download/upload; None: those with a default route.
+    uplink_interfaces: Optional[Tuple[str, ...]] = None
     max_part_size: int = 262144
     max_part_count: int = 80
     system_log: str = "/var/log/messages"
@@ -252,6 +256,38 @@ def _runtimes(reader: _Reader) -> Tuple[str, ...]:
     return tuple(types)
 
 
+DEFAULT_PARTITION = "workingDir"
+
+
+def _monitoring_partitions(reader: _Reader, working_dir: Path) -> Tuple[Tuple[str, Path], ...]:
+    key = "monitoring.partitions"
+    value = reader.get(key)
+    if value is None:
+        return ((DEFAULT_PARTITION, working_dir),)
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of {{\"name\": ..., \"path\": ...}}, got {json.dumps(value)}")
+    partitions: List[Tuple[str, Path]] = []
+    for index, entry in enumerate(value):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name.strip() or not isinstance(path, str) or not path.strip():
+            raise ConfigError(f"{key}[{index}]", f"expected {{\"name\": ..., \"path\": ...}}, got {json.dumps(entry)}")
+        if name.strip() in (existing for existing, _ in partitions):
+            raise ConfigError(f"{key}[{index}].name", f"partition {name.strip()!r} is listed twice")
+        partitions.append((name.strip(), Path(path.strip())))
+    return tuple(partitions)
+
+
+def _uplink_interfaces(reader: _Reader) -> Optional[Tuple[str, ...]]:
+    key = "monitoring.uplinkInterfaces"
+    value = reader.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(key, f"expected a list of interface names, got {json.dumps(value)}")
+    return tuple(v.strip() for v in value)
+
+
 def parse_config(text: str, *, root: Path = Path("/")) -> AgentConfig:
     """Parse the JSON text of a config file; raises ConfigError naming the bad key."""
     try:
@@ -296,6 +332,8 @@ def parse_config(text: str, *, root: Path = Path("/")) -> AgentConfig:
         cgroup_parent=reader.string("cgroupParent") or AgentConfig.cgroup_parent,
         poll_period=reader.seconds("monitoring.pollPeriod", 35.0),
         average_window=reader.seconds("monitoring.averageWindow", 35.0),
+        monitoring_partitions=_monitoring_partitions(reader, working_dir),
+        uplink_interfaces=_uplink_interfaces(reader),
         max_part_size=reader.integer("logging.maxPartSize", 262144, low=1024, high=64 * 1024 * 1024),
         max_part_count=reader.integer("logging.maxPartCount", 80, low=1, high=100000),
         system_log=_system_log(reader, root),

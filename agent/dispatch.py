@@ -1,7 +1,8 @@
 """Route each CM message to its subsystem through one dict, and make sure a reply goes out.
 
 Every request that has a reply in PROTOCOL.md gets exactly one, with ``error`` filled in, even
-when its handler raises: the reference only logs handler errors and leaves CM waiting.
+when its handler raises: the reference only logs handler errors and leaves CM waiting. A handler
+that raises is also a fault of the agent itself, which CM hears of as a CoreAlert.
 A oneof kind this agent does not know (a newer CM) is logged and ignored; the stream stays up.
 """
 
@@ -74,6 +75,7 @@ class Dispatcher:
             status = make()
         except Exception as err:
             log.exception("node config handler failed")
+            self._sender.send(core_alert(f"node config handler failed: {err}"))
             status = sm_pb2.NodeConfigStatus(
                 state=self._safe_state(), version=version, error=error_info_from_exception(err)
             )
@@ -108,6 +110,7 @@ class Dispatcher:
             self._launcher.update_instances(request)
         except Exception as err:
             log.exception("launcher failed on UpdateInstances")
+            self._sender.send(core_alert(f"launcher failed on UpdateInstances: {err}"))
             error = error_info_from_exception(err)
             failed = [failed_instance_status(info, error) for info in request.start_instances]
             if failed:
@@ -121,6 +124,7 @@ class Dispatcher:
             handler()
         except Exception as err:
             log.exception("log request %s failed", correlation_id)
+            self._sender.send(core_alert(f"log request {correlation_id} failed: {err}"))
             self._sender.send(log_error(correlation_id, error_info_from_exception(err)))
 
     def _system_log(self, request: Message) -> None:

@@ -249,7 +249,7 @@ class Gateway:
     def _go_live(self, number: int) -> None:
         session = self._sessions[number]
         self._live_channel = session.channel
-        sent = self._outbox.attach(session.writes.put)
+        sent = self._outbox.attach(session.writes.put, session.writes.backlog)
         self._sync_count += 1
         self._synced.notify_all()
         log.info("registered with CM as node %s%s", self._config.node_id,

@@ -6,6 +6,8 @@ fails every send; we keep what CM still needs later (PROTOCOL.md, "We do better"
 - alerts and instance status updates: kept in order; past the bound the oldest are dropped and
   counted, and the count is reported to CM as a CoreAlert when the session returns;
 - InstantMonitoring: only the latest sample (an old one says nothing a new one does not);
+  also while live, a sample is dropped when the stream's write queue already holds
+  ``max_backlog`` messages (CM stopped reading): samples must not pile up without bound;
 - NodeInstancesStatus: dropped, because registration sends a fresh one;
 - replies to requests (NodeConfigStatus, AverageMonitoring, LogData): dropped, because they
   answer a request of a session that no longer exists and CM has already timed it out.
@@ -25,15 +27,19 @@ from .messages import core_alert
 log = logging.getLogger(__name__)
 
 Writer = Callable[[sm_pb2.SMOutgoingMessages], None]
+Backlog = Callable[[], int]
 
 KIND = "SMOutgoingMessage"
 _KEPT = ("alert", "update_instances_status")
 
 
 class Outbox:
-    def __init__(self, *, max_kept: int = 512) -> None:
+    def __init__(self, *, max_kept: int = 512, max_backlog: int = 64) -> None:
         self._lock = threading.Lock()
         self._writer: Optional[Writer] = None
+        self._backlog: Backlog = lambda: 0
+        self._max_backlog = max_backlog
+        self._skipped_samples = 0
         self._pending: Deque[sm_pb2.SMOutgoingMessages] = collections.deque()
         self._max_kept = max_kept
         self._dropped: Dict[str, int] = collections.Counter()
@@ -46,6 +52,12 @@ class Outbox:
         """Send now if a session is live, else keep or drop by the rules above. Never raises."""
         with self._lock:
             if self._writer is not None:
+                if message.WhichOneof(KIND) == "instant_monitoring" and self._backlog() >= self._max_backlog:
+                    self._skipped_samples += 1
+                    if self._skipped_samples == 1:
+                        log.warning("CM is not reading: InstantMonitoring skipped until the stream drains")
+                    return
+                self._skipped_samples = 0
                 self._writer(message)
                 return
             self._keep(message)
@@ -65,9 +77,11 @@ class Outbox:
         else:
             log.debug("not connected to CM: %s dropped (it answers a closed session)", kind)
 
-    def attach(self, writer: Writer) -> int:
-        """A session went live: send what waited, in order, then send directly. Returns the count."""
+    def attach(self, writer: Writer, backlog: Optional[Backlog] = None) -> int:
+        """A session went live: send what waited, in order, then send directly. Returns the count.
+        ``backlog`` tells how many messages the session's stream has not taken yet."""
         with self._lock:
+            self._backlog = backlog or (lambda: 0)
             if self._dropped:
                 summary = ", ".join(f"{count} {kind}" for kind, count in sorted(self._dropped.items()))
                 log.warning("while disconnected from CM the outbox dropped %s", summary)

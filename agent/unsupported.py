@@ -14,7 +14,7 @@ from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from .errors import NotSupported
-from .messages import core_alert, failed_instance_status, now_timestamp
+from .messages import core_alert, failed_instance_status
 from .ports import Sender
 
 log = logging.getLogger(__name__)
@@ -59,18 +59,6 @@ class UnsupportedLauncher:
     def node_instances_status(self) -> sm_pb2.NodeInstancesStatus:
         with self._lock:
             return sm_pb2.NodeInstancesStatus(instances=list(self._instances.values()))
-
-
-class UnsupportedMonitoring:
-    """AverageMonitoring has no error field: reply with a timestamped empty sample, and say why
-    in a CoreAlert so the empty numbers are not mistaken for an idle node."""
-
-    def __init__(self, sender: Sender) -> None:
-        self._sender = sender
-
-    def average_monitoring(self) -> sm_pb2.AverageMonitoring:
-        self._sender.send(core_alert("average monitoring is not available on this node yet"))
-        return sm_pb2.AverageMonitoring(node_monitoring=sm_pb2.MonitoringData(timestamp=now_timestamp()))
 
 
 class UnsupportedNetwork:

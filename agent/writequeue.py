@@ -26,6 +26,10 @@ class WriteQueue(Generic[T]):
     def put(self, item: T) -> None:
         self._queue.put(item)
 
+    def backlog(self) -> int:
+        """Items put and not yet taken by the stream (approximate, as queue.qsize)."""
+        return self._queue.qsize()
+
     def close(self) -> None:
         self._queue.put(_END)
 

@@ -17,6 +17,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ("roundtrip.py", ["--count", "50", "--rounds", "1"], "ratio agent/bare"),
         ("startup.py", ["--rounds", "1"], "RSS once registered"),
         ("logs.py", ["--size-mb", "1"], "throughput ratio agent/gzip"),
+        ("monitoring.py", ["--seconds", "1", "--instances", "3"], "share of one core"),
     ],
 )
 def test_benchmark_prints_its_ratio(script: str, args: list, expected: str) -> None:

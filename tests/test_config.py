@@ -76,6 +76,11 @@ def test_node_id_defaults_to_machine_id_then_hostname(tmp_path: Path) -> None:
         ({"journalAlerts": {"filter": ["ok", "(unclosed"]}}, "journalAlerts.filter[1]"),
         ({"journalAlerts": {"systemAlertPriority": 8}}, "journalAlerts.systemAlertPriority"),
         ({"journalAlerts": {"serviceAlertPriority": "4"}}, "journalAlerts.serviceAlertPriority"),
+        ({"monitoring": {"partitions": "/var"}}, "monitoring.partitions"),
+        ({"monitoring": {"partitions": [{"name": "a"}]}}, "monitoring.partitions[0]"),
+        ({"monitoring": {"partitions": [{"name": "a", "path": "/"}, {"name": "a", "path": "/x"}]}},
+         "monitoring.partitions[1].name"),
+        ({"monitoring": {"uplinkInterfaces": "eth0"}}, "monitoring.uplinkInterfaces"),
     ],
 )
 def test_a_bad_value_names_its_key(data: dict, key: str) -> None:
@@ -146,3 +151,14 @@ def test_the_cli_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "monitoring.pollPeriod" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_monitoring_partitions_and_uplinks() -> None:
+    defaults = parse({"workingDir": "/srv/sm"})
+    assert defaults.monitoring_partitions == (("workingDir", Path("/srv/sm")),)
+    assert defaults.uplink_interfaces is None  # those with a default route, found at each poll
+    config = parse({"monitoring": {"Partitions": [{"Name": "state", "PATH": "/var/aos/state"}],
+                                   "uplinkInterfaces": ["eth0", "wwan0"]}})
+    assert config.monitoring_partitions == (("state", Path("/var/aos/state")),)
+    assert config.uplink_interfaces == ("eth0", "wwan0")
+    assert parse({"monitoring": {"uplinkInterfaces": []}}).uplink_interfaces == ()

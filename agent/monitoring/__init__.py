@@ -1,0 +1,7 @@
+"""Monitoring and quota alerts: node and instance usage, moving averages, hysteresis rules."""
+
+from __future__ import annotations
+
+from .monitor import Monitor
+
+__all__ = ["Monitor"]

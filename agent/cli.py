@@ -23,11 +23,13 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from .sdnotify import JournalFormatter, stderr_is_journal
+
+    handler = logging.StreamHandler(sys.stderr)
+    # Under systemd, journald stamps the time and reads the <N> priority prefix itself.
+    handler.setFormatter(JournalFormatter() if stderr_is_journal()
+                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     # transitions logs every callback at INFO: far too chatty for an agent's journal.
     logging.getLogger("transitions").setLevel(logging.WARNING)
 
@@ -55,7 +57,9 @@ def _prepare_working_dir(config: AgentConfig) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import build_agent, describe
     from .cmsim import SimulatedCM, to_json
+    from .sdnotify import ServiceNotifications, session_status, take_notify_environment
 
+    systemd = ServiceNotifications(take_notify_environment(), os.getpid())
     config = load_config(Path(args.config))
     for warning in config.warnings:
         log.warning("%s: %s", args.config, warning)
@@ -74,8 +78,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     agent = build_agent(config, target=target)
     for line in describe(agent):
         log.info("%s", line)
+    agent.gateway.state_listeners.append(lambda state: systemd.status(session_status(state.name, target)))
     agent.start()
+    systemd.ready(agent.gateway.in_loop)
     stop.wait()
+    systemd.stopping()
     stopped = agent.stop(timeout=4.0)
     if simulator is not None:
         simulator.stop(0)

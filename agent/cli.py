@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import logging
 import os
 import shutil
@@ -60,6 +61,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .sdnotify import ServiceNotifications, session_status, take_notify_environment
 
     systemd = ServiceNotifications(take_notify_environment(), os.getpid())
+    # A watchdog timeout ends the agent with SIGABRT: dump every thread's stack to the log first.
+    faulthandler.enable(all_threads=True)
     config = load_config(Path(args.config))
     for warning in config.warnings:
         log.warning("%s: %s", args.config, warning)

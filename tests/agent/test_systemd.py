@@ -105,7 +105,7 @@ def _run_agent(cm: ContractCM, tmp_path: Path, env: dict, stderr: int) -> "subpr
     }))
     return subprocess.Popen(
         [sys.executable, "-m", "aos_sm.agent.cli", "run", "--config", str(config)],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=stderr,
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path,  # a core dump lands there
     )
 
 
@@ -229,6 +229,27 @@ def test_a_wedged_event_pump_stops_the_watchdog_and_a_freed_one_resumes_it(
         watchdog.stop()
         assert gateway.stop(timeout=WAIT)
         notifier.close()
+
+
+def test_a_watchdog_abort_leaves_every_threads_stack_in_the_log(
+    contract_cm: ContractCM, tmp_path: Path
+) -> None:
+    """systemd ends a silent agent with SIGABRT (WatchdogSignal): the journal should then say
+    where each thread was."""
+    process = _run_agent(contract_cm, tmp_path, {}, stderr=subprocess.PIPE)
+    try:
+        registered(contract_cm, timeout=WAIT)
+        process.send_signal(signal.SIGABRT)
+        _, stderr = process.communicate(timeout=WAIT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGABRT
+    text = stderr.decode()
+    assert "Fatal Python error: Aborted" in text, text
+    assert text.count("(most recent call first)") >= 2, text  # the main thread and the reader
+    assert "gateway.py" in text, text
 
 
 # The pieces, without a process.

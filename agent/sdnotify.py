@@ -196,9 +196,12 @@ class ServiceNotifications:
         self.notifier = Notifier.from_environment(environ)
         self.interval = watchdog_interval(environ, pid) if self.notifier.enabled else None
         self._watchdog: Optional[Watchdog] = None
+        self._status = ""
 
     def status(self, text: str) -> None:
-        self.notifier.status(text)
+        if text != self._status:  # Synced <-> Processing on every CM message reads the same
+            self._status = text
+            self.notifier.status(text)
 
     def ready(self, in_loop: InLoop) -> None:
         """The configuration is loaded and the first connect has started."""

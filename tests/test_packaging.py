@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,31 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
 
 
+def test_the_start_script_follows_buildroots_start_script_rules() -> None:
+    """The rules of Buildroot's manual ("The SNNfoo start script") and its check-package."""
+    path = PACKAGING / "S95aos-sm"
+    lines = path.read_text().splitlines()
+    assert lines[0] == "#!/bin/sh"
+    daemon = [line for line in lines if line.startswith("DAEMON=")]
+    assert daemon == ['DAEMON="aos-sm"']
+    assert re.fullmatch(r"S\d\daos-sm", path.name)
+    assert 'PIDFILE="/var/run/$DAEMON.pid"' in lines
+    assert '[ -r "/etc/default/$DAEMON" ] && . "/etc/default/$DAEMON"' in lines
+    for lineno, line in enumerate(lines, 1):
+        assert not re.match(r"^\t* ", line.rstrip()), f"{path.name}:{lineno}: indent with tabs: {line!r}"
+        assert line == line.rstrip(), f"{path.name}:{lineno}: trailing whitespace"
+    assert re.search(r"^\tstart\|stop\|restart\)$", path.read_text(), re.MULTILINE)
+
+
+def test_shellcheck_finds_nothing_in_the_start_script() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (Debian package shellcheck)")
+    result = subprocess.run([shellcheck, "--shell=sh", str(PACKAGING / "S95aos-sm")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # The start script for real, with BusyBox's start-stop-daemon and with Debian's.
 
 
@@ -113,7 +139,8 @@ def test_the_start_script_starts_once_stops_and_restarts(
         "workingDir": str(tmp_path / "work"), "resourcesConfigFile": str(tmp_path / "none.cfg"),
     }))
     log = tmp_path / "aos-sm.log"
-    (tmp_path / "default/aos-sm").write_text(f'CONFIG="{config}"\nLOGFILE="{log}"\n')
+    (tmp_path / "default/aos-sm").write_text(
+        f'CONFIG="{config}"\nLOGFILE="{log}"\nAOS_SM_ARGS="--log-level debug"\n')
     pidfile = tmp_path / "run/aos-sm.pid"
 
     def init(action: str) -> str:
@@ -128,6 +155,9 @@ def test_the_start_script_starts_once_stops_and_restarts(
         pid = int(pidfile.read_text())
         # The pidfile names the agent itself (the shell exec'ed into it), not a wrapper.
         assert Path(f"/proc/{pid}/comm").read_text().strip() == "aos-sm"
+        # AOS_SM_ARGS goes before the command, where the global options live.
+        assert Path(f"/proc/{pid}/cmdline").read_text().split("\0")[2:6] == [
+            "--log-level", "debug", "run", "--config"]
         assert init("start") == "Starting aos-sm: already running\n"
         assert int(pidfile.read_text()) == pid
         assert init("restart") == "Stopping aos-sm: OK\nStarting aos-sm: OK\n"

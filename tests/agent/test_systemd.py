@@ -129,8 +129,10 @@ def test_aos_sm_run_says_ready_feeds_the_watchdog_and_says_stopping(
         before_ready = fake_systemd.wait_for("READY=1")
         # READY comes once the first connect has started: its STATUS line came first.
         assert ["STATUS=connecting to CM at " + contract_cm.address] in before_ready
-        registered(contract_cm, timeout=WAIT)
+        session = registered(contract_cm, timeout=WAIT)
         fake_systemd.wait_for(f"STATUS=registered with CM at {contract_cm.address}")
+        session.send("get_node_config_status")  # Synced -> Processing -> Synced
+        session.wait_for("node_config_status", WAIT)
         pings = 0
         while pings < 3:  # the watchdog keeps being fed while the agent runs
             pings += fake_systemd.wait_for("WATCHDOG=1").count(["WATCHDOG=1"])
@@ -145,6 +147,8 @@ def test_aos_sm_run_says_ready_feeds_the_watchdog_and_says_stopping(
         os.close(read_end)
     every = [fields for fields in fake_systemd.received + fake_systemd.drain()]
     assert every.count(["READY=1"]) == 1
+    # One STATUS per change that reads differently: a CM command does not repeat it.
+    assert every.count([f"STATUS=registered with CM at {contract_cm.address}"]) == 1
     # Nothing but STATUS lines after STOPPING: no watchdog ping from a stopping agent.
     after = every[every.index(["STOPPING=1", "STATUS=stopping"]) + 1:]
     assert all(fields[0].startswith("STATUS=") for fields in after), after
@@ -316,7 +320,6 @@ def test_the_unit_runs_under_the_real_systemd(contract_cm: ContractCM, tmp_path:
     assert executable is not None
     # The packaged unit, with only the binary and the config moved to this checkout's.
     unit = unit.replace("/usr/bin/aos-sm", executable).replace("/etc/aos/aos_servicemanager.cfg", str(config))
-    unit = unit.replace("ProtectHome=yes", "ProtectHome=no")  # the checkout may live under /home
     path = Path("/run/systemd/system") / unit_name
     path.write_text(unit)
     try:

@@ -183,7 +183,7 @@ class Gateway:
             log.exception("session core refused %s in %s", type(event).__name__, self.state.name)
             return
         self.history.append((type(event).__name__, self.state.name))
-        if self.history[-1][1] != before.name:
+        if self.state is not before:
             for listener in self.state_listeners:
                 listener(self.state)
         for effect in effects:

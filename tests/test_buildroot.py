@@ -16,6 +16,8 @@ from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
 
+from aos_sm.agent.config import parse_config
+
 try:
     import tomllib
 except ImportError:  # Python < 3.11
@@ -167,6 +169,10 @@ def test_every_file_the_tree_references_exists() -> None:
     name = external_name()
     for match in re.finditer(r'source "\$BR2_EXTERNAL_(\w+)_PATH/([^"]+)"', (TREE / "Config.in").read_text()):
         assert (TREE / match.group(2)).is_file(), match.group(0)
+    for path in every_tree_file():
+        for relative in re.findall(rf"\$\(BR2_EXTERNAL_{name}_PATH\)/([^\s\"*)]+)", path.read_text()):
+            if relative != "..":
+                assert (TREE / relative).exists(), f"{path.relative_to(TREE)}: {relative}"
     mk = (TREE / "package/python-aos-sm/python-aos-sm.mk").read_text()
     variables = mk_variables(mk)
     site = variables["PYTHON_AOS_SM_SITE"].replace(f"$(BR2_EXTERNAL_{name}_PATH)", str(TREE))
@@ -277,3 +283,13 @@ def test_hash_files_have_three_fields_two_spaces_apart() -> None:
             kind, digest, name = line.split()
             assert line == f"{kind}  {digest}  {name}"
             assert kind == "sha256" and re.fullmatch(r"[0-9a-f]{64}", digest), line
+
+
+def test_the_qemu_image_talks_to_a_cm_on_the_host() -> None:
+    lines = (TREE / "configs/aos_sm_qemu_aarch64_virt_defconfig").read_text().splitlines()
+    overlay = next(line for line in lines if line.startswith("BR2_ROOTFS_OVERLAY="))
+    directory = TREE / overlay.split("=", 1)[1].strip('"').replace(f"$(BR2_EXTERNAL_{external_name()}_PATH)/", "")
+    config = parse_config((directory / "etc/aos/aos_servicemanager.cfg").read_text())
+    assert config.warnings == ()
+    # 10.0.2.2 is the host on QEMU's user network.
+    assert (config.cm_server_url, config.tls_mode) == ("10.0.2.2:8093", "plaintext")

@@ -47,6 +47,17 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _wait_for(stop: threading.Event) -> None:
+    """Wait for ``stop`` while letting signal handlers run.
+
+    The kernel may hand SIGTERM to any thread, often one of gRPC's. Python's handler then only
+    sets a flag that the main thread acts on when it next runs bytecode, which a bare
+    ``stop.wait()`` never does: the signal was lost and ``systemctl stop`` ended in SIGKILL.
+    Waking twice a second bounds that delay."""
+    while not stop.wait(0.5):
+        pass
+
+
 def _prepare_working_dir(config: AgentConfig) -> None:
     for key, directory in (("workingDir", config.working_dir), ("nodeConfigFile", config.node_config_file.parent)):
         try:
@@ -84,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     agent.gateway.state_listeners.append(lambda state: systemd.status(session_status(state.name, target)))
     agent.start()
     systemd.ready(agent.gateway.in_loop)
-    stop.wait()
+    _wait_for(stop)
     systemd.stopping()
     stopped = agent.stop(timeout=4.0)
     if simulator is not None:
@@ -134,7 +145,7 @@ def cmd_cm_sim(args: argparse.Namespace) -> int:
             stop.set()
 
     threading.Thread(target=read_commands, name="cmsim-stdin", daemon=True).start()
-    stop.wait()
+    _wait_for(stop)
     simulator.stop(0)
     return EXIT_OK
 

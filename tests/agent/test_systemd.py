@@ -7,6 +7,7 @@ hands its name to the real `aos-sm run` process in ``NOTIFY_SOCKET`` (a path and
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -254,6 +255,40 @@ def test_a_watchdog_abort_leaves_every_threads_stack_in_the_log(
     assert "Fatal Python error: Aborted" in text, text
     assert text.count("(most recent call first)") >= 2, text  # the main thread and the reader
     assert "gateway.py" in text, text
+
+
+def _tgkill(pid: int, tid: int, signum: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "tgkill"):
+        pytest.skip("the C library has no tgkill() (glibc 2.30+) to aim a signal at one thread")
+    if libc.tgkill(pid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), f"tgkill({pid}, {tid})")
+
+
+def _signal_mask_blocks(pid: int, tid: int, signum: int) -> bool:
+    status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    blocked = int(status.split("SigBlk:")[1].split()[0], 16)
+    return bool(blocked & (1 << (signum - 1)))
+
+
+def test_sigterm_that_lands_on_a_grpc_thread_still_stops_the_agent(
+    contract_cm: ContractCM, tmp_path: Path
+) -> None:
+    """systemd's SIGTERM goes to the process; the kernel may give it to any thread. Aimed at a
+    non-main thread here, it must still stop the agent (it used to be lost: SIGKILL later)."""
+    process = _run_agent(contract_cm, tmp_path, {}, stderr=subprocess.PIPE)
+    try:
+        registered(contract_cm, timeout=WAIT)
+        others = [int(t) for t in os.listdir(f"/proc/{process.pid}/task") if int(t) != process.pid]
+        target = next(t for t in others if not _signal_mask_blocks(process.pid, t, signal.SIGTERM))
+        _tgkill(process.pid, target, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=WAIT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0
+    assert "received SIGTERM, stopping" in stderr.decode()
 
 
 # The pieces, without a process.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import logging
 import os
 import shutil
@@ -23,11 +24,13 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from .sdnotify import JournalFormatter, stderr_is_journal
+
+    handler = logging.StreamHandler(sys.stderr)
+    # Under systemd, journald stamps the time and reads the <N> priority prefix itself.
+    handler.setFormatter(JournalFormatter() if stderr_is_journal()
+                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     # transitions logs every callback at INFO: far too chatty for an agent's journal.
     logging.getLogger("transitions").setLevel(logging.WARNING)
 
@@ -44,6 +47,17 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _wait_for(stop: threading.Event) -> None:
+    """Wait for ``stop`` while letting signal handlers run.
+
+    The kernel may hand SIGTERM to any thread, often one of gRPC's. Python's handler then only
+    sets a flag that the main thread acts on when it next runs bytecode, which a bare
+    ``stop.wait()`` never does: the signal was lost and ``systemctl stop`` ended in SIGKILL.
+    Waking twice a second bounds that delay."""
+    while not stop.wait(0.5):
+        pass
+
+
 def _prepare_working_dir(config: AgentConfig) -> None:
     for key, directory in (("workingDir", config.working_dir), ("nodeConfigFile", config.node_config_file.parent)):
         try:
@@ -55,7 +69,11 @@ def _prepare_working_dir(config: AgentConfig) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import build_agent, describe
     from .cmsim import SimulatedCM, to_json
+    from .sdnotify import ServiceNotifications, session_status, take_notify_environment
 
+    systemd = ServiceNotifications(take_notify_environment(), os.getpid())
+    # A watchdog timeout ends the agent with SIGABRT: dump every thread's stack to the log first.
+    faulthandler.enable(all_threads=True)
     config = load_config(Path(args.config))
     for warning in config.warnings:
         log.warning("%s: %s", args.config, warning)
@@ -74,8 +92,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     agent = build_agent(config, target=target)
     for line in describe(agent):
         log.info("%s", line)
+    agent.gateway.state_listeners.append(lambda state: systemd.status(session_status(state.name, target)))
     agent.start()
-    stop.wait()
+    systemd.ready(agent.gateway.in_loop)
+    _wait_for(stop)
+    systemd.stopping()
     stopped = agent.stop(timeout=4.0)
     if simulator is not None:
         simulator.stop(0)
@@ -124,7 +145,7 @@ def cmd_cm_sim(args: argparse.Namespace) -> int:
             stop.set()
 
     threading.Thread(target=read_commands, name="cmsim-stdin", daemon=True).start()
-    stop.wait()
+    _wait_for(stop)
     simulator.stop(0)
     return EXIT_OK
 

@@ -101,6 +101,8 @@ class Gateway:
         # (event, resulting state), the latest few, for tests and status: bounded, since a
         # long-lived agent handles millions of events.
         self.history: Deque[Tuple[str, str]] = collections.deque(maxlen=256)
+        # Called on the pump, under the lock, when the state changes (systemd STATUS=): keep quick.
+        self.state_listeners: List[Callable[[State], None]] = []
 
     # Public API.
 
@@ -151,6 +153,12 @@ class Gateway:
             raise Failed(f"GetBlobsInfos returned {len(reply.urls)} URLs for {len(digests)} digests")
         return list(reply.urls)
 
+    def in_loop(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on the event pump, between two events. It waits while a handler holds the
+        pump, which makes it the systemd watchdog's liveness probe (agent/sdnotify.py)."""
+        with self._lock:
+            call()
+
     # The event pump.
 
     def feed(self, event: ev.Event) -> None:
@@ -168,12 +176,16 @@ class Gateway:
     def _handle(self, event: ev.Event) -> None:
         if isinstance(event, ev.RetryTimerFired):
             self._timers.pop(event.token, None)
+        before = self.state
         try:
             effects = self._core.handle(event)
         except SessionError:  # our fault, not CM's: log it loudly and keep the session going
             log.exception("session core refused %s in %s", type(event).__name__, self.state.name)
             return
         self.history.append((type(event).__name__, self.state.name))
+        if self.state is not before:
+            for listener in self.state_listeners:
+                listener(self.state)
         for effect in effects:
             self._run(effect)
 

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from aos_sm import hw
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from .capacity import probe_capacity
 from .cloud import CloudConnection
-from .config import AgentConfig
+from .config import OCI_RUNTIMES, AgentConfig, runtime_unusable
 from .dispatch import Dispatcher
 from .gateway import Gateway
+from .launcher import Launcher, NullMonitor
 from .nodeconfig_store import NodeConfigService
 from .messages import core_alert
 from .outbox import Outbox
-from .sminfo import build_sm_info
-from .unsupported import UnsupportedLauncher, UnsupportedLogs, UnsupportedMonitoring, UnsupportedNetwork
+from .sminfo import build_sm_info, runtime_id
+from .unsupported import UnsupportedLogs, UnsupportedMonitoring, UnsupportedNetwork
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +33,20 @@ class Agent:
     gateway: Gateway
     dispatcher: Dispatcher
     node_config: NodeConfigService
-    launcher: UnsupportedLauncher
+    launcher: Launcher
     cloud: CloudConnection
     capacity: hw.NodeCapacity
 
     def start(self) -> None:
+        # Instances come back before any CM connects (offline autonomy), and registration's
+        # NodeInstancesStatus already sees the ones that still run.
+        self.launcher.start()
         self.gateway.start()
 
     def stop(self, timeout: float = 5.0) -> bool:
-        return self.gateway.stop(timeout)
+        stopped = self.gateway.stop(timeout)
+        self.launcher.stop(timeout)
+        return stopped
 
 
 class _Registration:
@@ -49,7 +56,7 @@ class _Registration:
     resources file is read on every connect, so an operator's fix applies at the next session.
     """
 
-    def __init__(self, config: AgentConfig, capacity: hw.NodeCapacity, launcher: UnsupportedLauncher,
+    def __init__(self, config: AgentConfig, capacity: hw.NodeCapacity, launcher: Launcher,
                  outbox: Outbox, root: Path) -> None:
         self._config = config
         self._capacity = capacity
@@ -80,7 +87,17 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     for warning in capacity.warnings:
         log.warning("hardware probe: %s", warning)
     node_config = NodeConfigService(config.node_config_file)
-    launcher = UnsupportedLauncher(outbox)
+    gateways: List[Gateway] = []
+    launcher = Launcher(
+        sender=outbox,
+        working_dir=config.working_dir,
+        runtimes=_oci_runtimes(config, capacity),
+        # GetBlobsInfos goes through the gateway, built below: bound late.
+        resolver=lambda digests: gateways[0].get_blobs_infos(digests),
+        monitor=NullMonitor(),
+        cgroup_parent=config.cgroup_parent,
+        image_ttl=config.image_ttl,
+    )
     cloud = CloudConnection()
     dispatcher = Dispatcher(
         sender=outbox,
@@ -99,7 +116,22 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         outbox=outbox,
         connect_timeout=connect_timeout,
     )
+    gateways.append(gateway)
     return Agent(config, outbox, gateway, dispatcher, node_config, launcher, cloud, capacity)
+
+
+def _oci_runtimes(config: AgentConfig, capacity: hw.NodeCapacity) -> Dict[str, Tuple[str, str]]:
+    """runtime_id -> (type, binary) for the configured OCI runtimes this node can run; instances
+    of any other runtime id fail with notFound."""
+    runtimes: Dict[str, Tuple[str, str]] = {}
+    for kind in config.runtimes:
+        binary = shutil.which(kind) if kind in OCI_RUNTIMES else None
+        problem = runtime_unusable(kind, capacity.cgroups.mode) if binary else f"{kind} is not an OCI runtime on PATH"
+        if binary is None or problem is not None:
+            log.warning("runtime %s cannot start instances: %s", kind, problem)
+            continue
+        runtimes[runtime_id(kind, config.node_id)] = (kind, binary)
+    return runtimes
 
 
 def describe(agent: Agent) -> List[str]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from aos_sm.hw.cgroups import probe_cgroup_layout
+
 from .durations import parse_duration
 from .errors import AosError, ConfigError
 
@@ -46,6 +48,7 @@ _KNOWN: Dict[str, Any] = {
     "logging": {"maxpartsize": None, "maxpartcount": None},
     "runtimes": None,
     "journalalerts": None,
+    "imagettl": None,
 }
 
 
@@ -71,6 +74,7 @@ class AgentConfig:
     max_part_size: int = 262144
     max_part_count: int = 80
     runtimes: Tuple[str, ...] = ()
+    image_ttl: float = 24 * 3600.0
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     warnings: Tuple[str, ...] = ()
 
@@ -172,11 +176,23 @@ def default_node_id(root: Path = Path("/")) -> str:
     return machine_id or socket.gethostname()
 
 
-def detect_runtimes(which: Callable[[str], Optional[str]] = shutil.which) -> Tuple[str, ...]:
-    """The OCI runtimes installed on the node; ``container`` when none is, so CM still sees the
-    node's capacity (the launcher reports which instances it can really start)."""
-    found = tuple(name for name in OCI_RUNTIMES if which(name))
-    return found or ("container",)
+def runtime_unusable(name: str, cgroup_mode: str) -> Optional[str]:
+    """Why OCI runtime ``name`` cannot run containers on a node with this cgroup layout, or None.
+
+    crun (1.8, Debian bookworm) refuses hybrid layouts ("cgroups in hybrid mode not supported");
+    runc 1.1 runs on v1, hybrid and v2.
+    """
+    if name == "crun" and cgroup_mode == "hybrid":
+        return "crun does not support hybrid cgroups (v1 controllers plus a v2 tree)"
+    return None
+
+
+def detect_runtimes(which: Callable[[str], Optional[str]] = shutil.which, cgroup_mode: Optional[str] = None,
+                    root: Path = Path("/")) -> Tuple[str, ...]:
+    """The OCI runtimes installed on the node that can run on its cgroup layout. Empty when there
+    is none: SMInfo then honestly offers no runtime rather than one that cannot start anything."""
+    mode = cgroup_mode if cgroup_mode is not None else probe_cgroup_layout(root).mode
+    return tuple(name for name in OCI_RUNTIMES if which(name) and runtime_unusable(name, mode) is None)
 
 
 def _runtimes(reader: _Reader) -> Tuple[str, ...]:
@@ -240,7 +256,8 @@ def parse_config(text: str, *, root: Path = Path("/")) -> AgentConfig:
         average_window=reader.seconds("monitoring.averageWindow", 35.0),
         max_part_size=reader.integer("logging.maxPartSize", 262144, low=1024, high=64 * 1024 * 1024),
         max_part_count=reader.integer("logging.maxPartCount", 80, low=1, high=100000),
-        runtimes=_runtimes(reader) or detect_runtimes(),
+        runtimes=_runtimes(reader) or detect_runtimes(root=root),
+        image_ttl=reader.seconds("imageTTL", 24 * 3600.0, positive=False),
         raw=data,
         warnings=tuple(warnings),
     )

@@ -1,0 +1,116 @@
+"""A thin adapter over an OCI runtime's CLI (runc; crun takes the same commands).
+
+Containers are started detached (``run -d``): the runtime exits once the container's process
+runs, and that process inherits the stdout/stderr the launcher hands in. The runtime's own error
+messages go to ``--log`` (JSON lines) so they do not mix with the instance's output, and are
+quoted in the error raised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from ..errors import Failed, NotFound
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    status: str  # "creating", "created", "running", "paused", "stopped"
+    pid: int
+
+
+class OciRuntimeError(Failed):
+    """The runtime CLI failed; the message quotes what it said."""
+
+
+class OciRuntime:
+    def __init__(self, binary: str, state_root: Path, *, timeout: float = 60.0) -> None:
+        self.binary = binary
+        self.state_root = state_root
+        self._timeout = timeout
+        state_root.mkdir(parents=True, exist_ok=True)
+
+    def _command(self, *args: str, log_file: Optional[Path] = None) -> List[str]:
+        command = [self.binary, "--root", str(self.state_root)]
+        if log_file is not None:
+            command += ["--log", str(log_file), "--log-format", "json"]
+        return command + list(args)
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(self._command(*args), capture_output=True, text=True,
+                                  timeout=self._timeout, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise OciRuntimeError(f"{self.binary} {args[0]}: {err}") from err
+
+    def run_detached(self, container_id: str, bundle: Path, output_fd: int) -> int:
+        """Start the container with ``output_fd`` as its stdout and stderr; its host pid."""
+        pid_file = bundle / "container.pid"
+        log_file = bundle / "runtime.log"
+        log_file.write_text("")
+        command = self._command("run", "-d", "--bundle", str(bundle), "--pid-file", str(pid_file),
+                                container_id, log_file=log_file)
+        try:
+            result = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=output_fd, stderr=output_fd,
+                                    timeout=self._timeout)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise OciRuntimeError(f"{self.binary} run {container_id}: {err}") from err
+        if result.returncode != 0:
+            raise OciRuntimeError(f"{self.binary} run {container_id} exited {result.returncode}: "
+                                f"{_last_error(log_file)}")
+        try:
+            return int(pid_file.read_text().strip())
+        except (OSError, ValueError) as err:
+            raise OciRuntimeError(f"{self.binary} run {container_id}: no pid file: {err}") from err
+
+    def state(self, container_id: str) -> Optional[ContainerState]:
+        """The container's state, or None when the runtime does not know it."""
+        result = self._run("state", container_id)
+        if result.returncode != 0:
+            return None
+        try:
+            data = json.loads(result.stdout)
+            return ContainerState(str(data["status"]), int(data.get("pid") or 0))
+        except (ValueError, KeyError, TypeError) as err:
+            raise OciRuntimeError(f"{self.binary} state {container_id}: unreadable output: {err}") from err
+
+    def kill(self, container_id: str, signal: str = "KILL") -> None:
+        result = self._run("kill", container_id, signal)
+        if result.returncode != 0 and "not running" not in result.stderr and "does not exist" not in result.stderr:
+            raise OciRuntimeError(f"{self.binary} kill {container_id}: {result.stderr.strip()}")
+
+    def delete(self, container_id: str) -> None:
+        """Remove the container (killing it if it still runs); a container already gone is fine."""
+        result = self._run("delete", "--force", container_id)
+        if result.returncode != 0 and "does not exist" not in result.stderr:
+            raise OciRuntimeError(f"{self.binary} delete {container_id}: {result.stderr.strip()}")
+
+    def list_ids(self) -> List[str]:
+        result = self._run("list", "--format", "json")
+        if result.returncode != 0:
+            raise NotFound(f"{self.binary} list: {result.stderr.strip()}")
+        return [str(entry["id"]) for entry in json.loads(result.stdout or "null") or []]
+
+
+def _last_error(log_file: Path) -> str:
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no runtime log)"
+    messages = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            messages.append(line)
+            continue
+        if entry.get("level") in ("error", "fatal"):
+            messages.append(str(entry.get("msg", "")))
+    return "; ".join(messages[-3:]) or "(the runtime logged no error)"

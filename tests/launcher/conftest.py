@@ -60,6 +60,15 @@ def remove_containers(state_root: Path) -> None:
                        capture_output=True, timeout=30)
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate`` (for conditions on files and processes, which notify nobody)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
 class RecordingSender:
     """A Sender that keeps every message and lets a test wait for one."""
 

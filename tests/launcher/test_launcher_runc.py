@@ -7,7 +7,7 @@ from typing import Dict, List
 
 import pytest
 
-from conftest import RUNC_ID, RecordingSender
+from conftest import RUNC_ID, RecordingSender, wait_until
 from oci_fixture import BlobServer, build_image
 
 from aos_sm.agent.instancelog import parse_line
@@ -71,7 +71,7 @@ def test_start_runs_the_image_as_the_given_user_in_its_cgroup_then_stop(
     assert proc_status(pids[0], "Gid")[:2] == ["4321", "4321"]
     environ = Path(f"/proc/{pids[0]}/environ").read_bytes().split(b"\0")
     assert b"GREETING=cm" in environ
-    sender.wait(lambda s: log_file.path.exists() and b"started as" in log_file.path.read_bytes())
+    wait_until(lambda: log_file.path.exists() and b"started as" in log_file.path.read_bytes(), what="output")
     stamped = [parse_line(line) for line in log_file.path.read_bytes().splitlines(keepends=True)]
     assert stamped[0] is not None and stamped[0][1] == b"started as 1234:4321 GREETING=cm\n"
     assert storage.is_dir()
@@ -81,3 +81,104 @@ def test_start_runs_the_image_as_the_given_user_in_its_cgroup_then_stop(
     assert states(sender, "svc") == ["activating", "active", "inactive"]
     assert list(sender.of_kind("node_instances_status")[-1].instances) == []
     assert not cgroup_dir.exists() or not (cgroup_dir / "cgroup.procs").read_text().split()
+
+
+def test_a_tampered_layer_fails_with_invalid_checksum_and_leaves_nothing(
+    make_launcher, blob_server: BlobServer, layer: bytes, tmp_path: Path
+) -> None:
+    image = build_image([layer], entrypoint=SERVICE[:2], cmd=SERVICE[2:])
+    (layer_digest,) = image.layer_digests
+    sender = RecordingSender()
+    launcher = make_launcher(sender, resolver_for(blob_server.publish(image, tamper=layer_digest)))
+    launcher.start()
+    launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[info(image.manifest_digest)]))
+    sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
+    failed = sender.statuses()[-1]
+    assert (failed.state, failed.error.aos_code) == ("failed", 10), failed
+    assert layer_digest in failed.error.message
+    store = tmp_path / "work" / "launcher"
+    assert not (store / "blobs" / "sha256" / layer_digest.split(":")[1]).exists()
+    assert list((store / "blobs" / "partial").iterdir()) == []
+    assert list((store / "images").iterdir()) == []
+    # The failed instance stays listed until CM stops it.
+    assert [s.state for s in sender.of_kind("node_instances_status")[-1].instances] == ["failed"]
+
+
+def test_an_unknown_runtime_id_fails(make_launcher, blob_server: BlobServer, layer: bytes) -> None:
+    image = build_image([layer], entrypoint=SERVICE[:2], cmd=SERVICE[2:])
+    sender = RecordingSender()
+    launcher = make_launcher(sender, resolver_for(blob_server.publish(image)))
+    launcher.start()
+    request = info(image.manifest_digest, runtime="00000000-0000-3000-8000-000000000000")
+    launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[request]))
+    sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
+    failed = sender.statuses()[-1]
+    assert (failed.state, failed.error.aos_code) == ("failed", 5)
+    assert "runtime" in failed.error.message
+
+
+def test_a_crash_is_failed_with_its_code_an_instance_alert_and_a_crash_record(
+    make_launcher, blob_server: BlobServer, layer: bytes
+) -> None:
+    image = build_image([layer], entrypoint=["/bin/sh", "-c"], cmd=["echo about to fail; sleep 1; exit 3"])
+    sender = RecordingSender()
+    launcher = make_launcher(sender, resolver_for(blob_server.publish(image)))
+    launcher.start()
+    launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[info(image.manifest_digest, "crasher")]))
+    sender.wait(lambda s: len(s.of_kind("alert")) == 1)
+    assert states(sender, "crasher") == ["activating", "active", "failed"]
+    failed = sender.statuses()[-1]
+    assert (failed.error.aos_code, failed.error.exit_code) == (1, 3)
+    assert "exited with code 3" in failed.error.message
+    alert = sender.of_kind("alert")[0].instance_alert
+    assert (alert.instance.item_id, alert.service_version) == ("crasher", "1.0.0")
+    assert "exited with code 3" in alert.message
+    (crash,) = launcher.crashes()
+    assert crash.key == InstanceKey("crasher", "subj", 0) and crash.started_at <= crash.crashed_at
+    lines = [parse_line(line) for line in crash.log_path.read_bytes().splitlines(keepends=True)]
+    assert any(line is not None and line[1] == b"about to fail\n" and crash.started_at <= line[0] <= crash.crashed_at
+               for line in lines)
+    assert [s.state for s in launcher.node_instances_status().instances] == ["failed"]
+
+
+def test_commands_during_a_batch_are_queued_and_unchanged_instances_are_untouched(
+    make_launcher, blob_server: BlobServer, layer: bytes
+) -> None:
+    image = build_image([layer], entrypoint=SERVICE[:2], cmd=SERVICE[2:])
+    sender = RecordingSender()
+    launcher = make_launcher(sender, resolver_for(blob_server.publish(image)))
+    launcher.start()
+    first, second = info(image.manifest_digest, "one"), info(image.manifest_digest, "two")
+    launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[first]))
+    launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[first, second]))
+    changed = info(image.manifest_digest, "two", env_vars=[sm_pb2.EnvVarInfo(name="A", value="b")])
+    launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[changed]))
+    sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 3)
+    assert states(sender, "one") == ["activating", "active", "active"]  # the second batch kept it running
+    assert states(sender, "two") == ["activating", "active", "activating", "active"]  # restarted on change
+    final = sender.of_kind("node_instances_status")[-1]
+    assert sorted((s.instance.item_id, s.state) for s in final.instances) == [("one", "active"), ("two", "active")]
+
+
+def test_a_new_launcher_adopts_running_instances_from_the_store(
+    make_launcher, blob_server: BlobServer, layer: bytes
+) -> None:
+    image = build_image([layer], entrypoint=SERVICE[:2], cmd=SERVICE[2:])
+    urls = blob_server.publish(image)
+    sender = RecordingSender()
+    first = make_launcher(sender, resolver_for(urls))
+    first.start()
+    first.update_instances(sm_pb2.UpdateInstances(start_instances=[info(image.manifest_digest)]))
+    sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
+    first.stop()  # the worker ends; the container keeps running, as after an agent SIGKILL
+    (log_file,) = first.instance_logs()
+    pids = (Path("/sys/fs/cgroup/memory") / log_file.cgroup / "cgroup.procs").read_text().split()
+
+    again = RecordingSender()
+    second = make_launcher(again, resolver_for({}))  # no CM: nothing can be pulled
+    second.start()
+    assert [(s.instance.item_id, s.state) for s in second.node_instances_status().instances] == [("svc", "active")]
+    assert (Path("/sys/fs/cgroup/memory") / log_file.cgroup / "cgroup.procs").read_text().split() == pids
+    second.update_instances(sm_pb2.UpdateInstances(stop_instances=[info(image.manifest_digest).instance]))
+    again.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
+    assert states(again, "svc") == ["inactive"]

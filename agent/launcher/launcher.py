@@ -49,6 +49,16 @@ from .store import LauncherStore
 log = logging.getLogger(__name__)
 
 Out = sm_pb2.SMOutgoingMessages
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def container_id(cgroup_parent: str, key: InstanceKey) -> str:
+    """The runtime's container id (and cgroup name) of an instance: stable across restarts, so
+    the agent finds its containers again, and prefixed with the cgroup parent so that two agents
+    (or test runs) with different parents never share a name."""
+    prefix = _SAFE.sub("-", cgroup_parent.strip("/")) or "aos-sm"
+    digest = hashlib.sha256(repr((key.item_id, key.subject_id, key.instance, key.type)).encode()).hexdigest()
+    return f"{prefix}-{digest[:16]}"
 
 
 class NullMonitor:
@@ -95,7 +105,6 @@ class _Exit:
 
 
 _Job = Union[sm_pb2.UpdateInstances, _Exit, str]
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 class Launcher:
@@ -121,7 +130,6 @@ class Launcher:
         self._resolver = resolver
         self._monitor = monitor
         self._cgroup_parent = cgroup_parent.strip("/")
-        self._prefix = _SAFE.sub("-", self._cgroup_parent) or "aos-sm"
         self._image_ttl = image_ttl
         self._stop_timeout = stop_timeout
         self._clock = clock
@@ -224,8 +232,7 @@ class Launcher:
     # --- naming
 
     def _container_id(self, key: InstanceKey) -> str:
-        digest = hashlib.sha256(repr((key.item_id, key.subject_id, key.instance, key.type)).encode()).hexdigest()
-        return f"{self._prefix}-{digest[:16]}"
+        return container_id(self._cgroup_parent, key)
 
     def _cgroup(self, container_id: str) -> str:
         return f"{self._cgroup_parent}/{container_id}"

@@ -8,8 +8,8 @@ leaves nothing an instance could start from.
 Layers (OCI image-spec ``layer.md``): tar, optionally gzip-compressed; ``.wh.<name>`` deletes
 ``<name>`` from the layers below, ``.wh..wh..opq`` empties its directory of what the layers below
 put there. The uncompressed tar of layer *i* must hash to ``config.rootfs.diff_ids[i]``. A member
-whose path (or hard link target) leaves the rootfs, or which would be written through a symlink,
-is refused: the whole image fails.
+whose name (or hard link target) climbs out with ``..`` is refused and the whole image fails;
+symlinks met on the way are followed inside the rootfs only, as the container will see them.
 """
 
 from __future__ import annotations
@@ -141,21 +141,55 @@ class _HashingReader:
             pass
 
 
-def _member_path(rootfs: Path, name: str) -> Path:
-    """``rootfs/name`` for a tar member name; refuses names that climb out of the rootfs."""
+_MAX_SYMLINKS = 40  # as the kernel's path walk (path_resolution(7))
+
+
+def _member_parts(name: str) -> List[str]:
+    """The components of a tar member name; refuses names that climb out with ``..``."""
     parts = [p for p in PurePosixPath(name).parts if p not in ("/", ".")]
     if not parts or ".." in parts:
         raise InvalidArgument(f"layer entry {name!r} leaves the rootfs")
-    return rootfs.joinpath(*parts)
+    return parts
 
 
-def _check_parent(rootfs: Path, target: Path) -> None:
-    """The directories leading to ``target`` must be real directories inside the rootfs, so that
-    nothing is written through a symlink an earlier entry planted (CVE-2019-14271 style)."""
-    real_root = os.path.realpath(rootfs)
-    real_parent = os.path.realpath(target.parent)
-    if real_parent != real_root and not real_parent.startswith(real_root + os.sep):
-        raise InvalidArgument(f"layer entry {target.relative_to(rootfs)} would be written outside the rootfs")
+def _resolve_directory(rootfs: Path, parts: List[str]) -> Path:
+    """The directory ``parts`` names inside ``rootfs``, following symlinks as the container will
+    see them: an absolute link is relative to the rootfs and ``..`` stops at its top, so nothing
+    is ever written outside it whatever links earlier layers planted (the rule of runc's
+    securejoin). Missing directories are created."""
+    resolved: List[str] = []
+    pending = list(parts)
+    links = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = rootfs.joinpath(*resolved, part)
+        if candidate.is_symlink():
+            links += 1
+            if links > _MAX_SYMLINKS:
+                raise InvalidArgument(f"layer path {'/'.join(parts)}: too many symlinks")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            pending = [p for p in target.split("/") if p] + pending
+            continue
+        if not candidate.exists():
+            candidate.mkdir(mode=0o755)
+        elif not candidate.is_dir():
+            raise InvalidArgument(f"layer path {'/'.join(parts)}: {part} is not a directory")
+        resolved.append(part)
+    return rootfs.joinpath(*resolved)
+
+
+def _member_path(rootfs: Path, name: str) -> Path:
+    """Where member ``name`` goes: its parent resolved inside the rootfs, then its own name."""
+    parts = _member_parts(name)
+    return _resolve_directory(rootfs, parts[:-1]) / parts[-1]
 
 
 def _remove(path: Path) -> None:
@@ -181,10 +215,9 @@ def _extract_member(archive: tarfile.TarFile, member: tarfile.TarInfo, rootfs: P
         os.symlink(member.linkname, target)
     elif member.islnk():
         link_source = _member_path(rootfs, member.linkname)
-        _check_parent(rootfs, link_source)
-        if link_source.is_symlink() or not link_source.is_file():
+        if not link_source.is_symlink() and not link_source.is_file():
             raise InvalidArgument(f"layer hard link {member.name} -> {member.linkname}: no such file in the rootfs")
-        os.link(link_source, target)
+        os.link(link_source, target, follow_symlinks=False)
         return
     else:
         # Device nodes and FIFOs: the runtime provides /dev; an image has no business creating them.
@@ -207,7 +240,6 @@ def unpack_layer(path: Path, rootfs: Path, diff_id: str) -> None:
             with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]
                 for member in archive:
                     target = _member_path(rootfs, member.name)
-                    _check_parent(rootfs, target)
                     name = target.name
                     if name == _OPAQUE:
                         opaque.append(target.parent)

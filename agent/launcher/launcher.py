@@ -229,6 +229,11 @@ class Launcher:
                     self._busy -= 1
                     self._idle.notify_all()
 
+    def _set_state(self, instance: _Instance, state: str, error: common_pb2.ErrorInfo) -> None:
+        # Under the lock so that node_instances_status never pairs a new state with an old error.
+        with self._lock:
+            instance.state, instance.error = state, error
+
     # --- naming
 
     def _container_id(self, key: InstanceKey) -> str:
@@ -254,7 +259,7 @@ class Launcher:
         plan = plan_update(current, request.stop_instances, request.start_instances)
         for key in plan.stop:
             stopped = self._stop(key, forget=True)
-            stopped.state, stopped.error = "inactive", error_info_ok()
+            self._set_state(stopped, "inactive", error_info_ok())
             self._send_status(stopped)
         for key in plan.restart:
             self._stop(key, forget=False)
@@ -301,9 +306,9 @@ class Launcher:
             self._follow(key, instance, reader, pid)
         except Exception as err:
             log.warning("instance %s failed to start: %s", key, err)
-            instance.state, instance.error = "failed", error_info_from_exception(err)
+            self._set_state(instance, "failed", error_info_from_exception(err))
             return
-        instance.state, instance.error = "active", error_info_ok()
+        self._set_state(instance, "active", error_info_ok())
         self._monitor.register_instance(self._monitored(key, instance))
 
     def _bundle_spec(self, instance: _Instance, rootfs: str) -> BundleSpec:
@@ -387,7 +392,7 @@ class Launcher:
         if event.status is not None:
             code = -os.WTERMSIG(event.status) if os.WIFSIGNALED(event.status) else os.WEXITSTATUS(event.status)
         instance.run = None
-        instance.state, instance.error = "failed", Failed(f"instance {reason}", exit_code=code).to_error_info()
+        self._set_state(instance, "failed", Failed(f"instance {reason}", exit_code=code).to_error_info())
         self._monitor.unregister_instance(event.key)
         runtime = self._runtimes.get(instance.info.runtime_id)
         if runtime is not None:
@@ -424,7 +429,7 @@ class Launcher:
         if reader is None:
             return False
         self._follow(key, instance, reader, state.pid)
-        instance.state, instance.error = "active", error_info_ok()
+        self._set_state(instance, "active", error_info_ok())
         self._monitor.register_instance(self._monitored(key, instance))
         log.info("instance %s adopted: container %s still runs (pid %d)", key, instance.container_id, state.pid)
         return True

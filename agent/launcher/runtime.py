@@ -88,6 +88,8 @@ class OciRuntime:
 
     def delete(self, container_id: str) -> None:
         """Remove the container (killing it if it still runs); a container already gone is fine."""
+        if not (self.state_root / container_id).exists():
+            return  # the runtime keeps one state directory per container: no need to ask it
         result = self._run("delete", "--force", container_id)
         if result.returncode != 0 and "does not exist" not in result.stderr:
             raise OciRuntimeError(f"{self.binary} delete {container_id}: {result.stderr.strip()}")

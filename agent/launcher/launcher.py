@@ -16,6 +16,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -144,6 +145,7 @@ class Launcher:
         self._worker: Optional[threading.Thread] = None
         self._idle = threading.Condition()
         self._busy = 0
+        self._touched: Dict[str, float] = {}
         self.subreaper = become_subreaper()
 
     # --- LauncherPort
@@ -283,12 +285,12 @@ class Launcher:
 
     def _launch(self, key: InstanceKey, instance: _Instance) -> None:
         """Pull, bundle and run; leaves ``instance`` ``active`` or ``failed``."""
+        runtime = self._runtimes.get(instance.info.runtime_id)
         try:
-            runtime = self._runtimes.get(instance.info.runtime_id)
             if runtime is None:
                 raise NotFound(f"runtime {instance.info.runtime_id!r} is not available on this node")
             image = self._images.pull(instance.info.manifest_digest, self._resolver)
-            self._store.touch_image(image.manifest_digest, self._clock())
+            self._touch_image(image.manifest_digest)
             bundle = self._bundle(instance.container_id)
             bundle.mkdir(parents=True, exist_ok=True)
             spec = build_runtime_spec(image.config, self._bundle_spec(instance, str(image.rootfs)))
@@ -307,6 +309,9 @@ class Launcher:
         except Exception as err:
             log.warning("instance %s failed to start: %s", key, err)
             self._set_state(instance, "failed", error_info_from_exception(err))
+            if runtime is not None:
+                with contextlib.suppress(AosError):
+                    runtime.delete(instance.container_id)  # nothing half-created stays behind
             return
         self._set_state(instance, "active", error_info_ok())
         self._monitor.register_instance(self._monitored(key, instance))
@@ -373,7 +378,7 @@ class Launcher:
                 log.error("stopping %s: %s", key, err)
                 self._sender.send(core_alert(f"stopping instance {key.item_id}/{key.instance}: {err}"))
         if instance.run is not None:
-            self._store.touch_image(instance.info.manifest_digest, self._clock())
+            self._touch_image(instance.info.manifest_digest)
         instance.run = None
         if forget:
             self._store.remove_instance(key)
@@ -402,7 +407,7 @@ class Launcher:
                 log.error("removing the ended container of %s: %s", event.key, err)
         self._store.add_crash(CrashRecord(event.key, self._log_path(instance.container_id),
                                           event.run.started_at, event.when, reason))
-        self._store.touch_image(instance.info.manifest_digest, self._clock())
+        self._touch_image(instance.info.manifest_digest)
         log.warning("instance %s %s", event.key, reason)
         self._send_status(instance)
         self._sender.send(Out(alert=sm_pb2.Alert(
@@ -442,6 +447,14 @@ class Launcher:
             self._send_status(instance)
         if waiting:
             self._sender.send(Out(node_instances_status=self.node_instances_status()))
+
+    def _touch_image(self, digest: str) -> None:
+        # One durable write per image per minute is plenty for a TTL counted in hours; a batch of
+        # twenty instances of one image would otherwise pay twenty fsyncs for the same fact.
+        now = self._clock()
+        if now - self._touched.get(digest, float("-inf")) >= 60.0:
+            self._store.touch_image(digest, now)
+            self._touched[digest] = now
 
     def _collect_garbage(self) -> None:
         with self._lock:

@@ -182,3 +182,33 @@ def test_a_new_launcher_adopts_running_instances_from_the_store(
     second.update_instances(sm_pb2.UpdateInstances(stop_instances=[info(image.manifest_digest).instance]))
     again.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
     assert states(again, "svc") == ["inactive"]
+
+
+def test_an_entrypoint_the_runtime_cannot_exec_fails_with_its_message(
+    make_launcher, blob_server: BlobServer, layer: bytes, tmp_path: Path
+) -> None:
+    image = build_image([layer], entrypoint=["/bin/no-such-program"])
+    sender = RecordingSender()
+    launcher = make_launcher(sender, resolver_for(blob_server.publish(image)))
+    launcher.start()
+    launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[info(image.manifest_digest, "broken")]))
+    sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
+    failed = sender.statuses()[-1]
+    assert (failed.state, failed.error.aos_code) == ("failed", 1)
+    assert "no-such-program" in failed.error.message, failed.error.message
+    assert list((tmp_path / "work" / "launcher" / "runtime" / "runc").iterdir()) == []  # nothing half-created
+
+
+def test_a_corrupt_store_is_reported_to_cm_and_the_launcher_still_works(
+    make_launcher, blob_server: BlobServer, layer: bytes, tmp_path: Path
+) -> None:
+    (tmp_path / "work" / "launcher").mkdir(parents=True)
+    (tmp_path / "work" / "launcher" / "launcher.db").write_bytes(b"garbage" * 1000)
+    image = build_image([layer], entrypoint=SERVICE[:2], cmd=SERVICE[2:])
+    sender = RecordingSender()
+    launcher = make_launcher(sender, resolver_for(blob_server.publish(image)))
+    launcher.start()
+    assert "unreadable" in sender.of_kind("alert")[0].core_alert.message
+    launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[info(image.manifest_digest)]))
+    sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
+    assert states(sender, "svc") == ["activating", "active"]

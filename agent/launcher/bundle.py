@@ -53,7 +53,7 @@ def _environment(image_env: Sequence[str], env_vars: Sequence[Tuple[str, str]]) 
         name, _, value = entry.partition("=")
         merged[name] = value
     for name, value in env_vars:
-        if not name or "=" in name:
+        if not name or "=" in name or "\0" in name:
             raise InvalidArgument(f"env var name {name!r} is not valid")
         merged[name] = value
     return [f"{name}={value}" for name, value in merged.items()]

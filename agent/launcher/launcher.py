@@ -34,7 +34,7 @@ from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from ..atomic import write_atomic
-from ..errors import AosError, Failed, NotFound, error_info_from_exception, error_info_ok
+from ..errors import AosError, Failed, InvalidArgument, NotFound, error_info_from_exception, error_info_ok
 from ..messages import core_alert, now_timestamp
 from ..ports import (CrashRecord, InstanceKey, InstanceLogFile, InstanceMonitorPort, MonitoredInstance,
                      Sender)
@@ -94,7 +94,15 @@ class _Instance:
         return sm_pb2.InstanceStatus(
             instance=self.info.instance, version=self.info.version, runtime_id=self.info.runtime_id,
             manifest_digest=self.info.manifest_digest, state=self.state, error=self.error,
+            env_vars=[sm_pb2.EnvVarStatus(name=var.name, error=_env_var_error(var.name)) for var in self.info.env_vars],
         )
+
+
+def _env_var_error(name: str) -> common_pb2.ErrorInfo:
+    """Each EnvVarStatus carries an error (PROTOCOL.md); a name the environment cannot hold is one."""
+    if not name or "=" in name or "\0" in name:
+        return InvalidArgument(f"env var name {name!r} is not valid").to_error_info()
+    return error_info_ok()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -18,6 +19,7 @@ from contract_cm import CMFactory, ContractCM
 from oci_fixture import BlobServer, build_image
 
 from aos_sm.agent.app import build_agent
+from aos_sm.agent.instancelog import parse_line
 from aos_sm.agent.config import parse_config
 from aos_sm.agent.launcher.launcher import container_id
 from aos_sm.agent.ports import InstanceKey
@@ -27,6 +29,8 @@ pytestmark = [pytest.mark.system, pytest.mark.usefixtures("system")]
 
 NODE = "node-launcher-agent"
 SERVICE = ["/bin/sh", "-c", "echo up; trap 'exit 0' TERM; sleep 1000 & wait"]
+# Writes a line every 0.2 s: its output must keep flowing across an agent SIGKILL.
+TICKER = ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do echo tick; sleep 0.2; done"]
 
 
 def agent_config(tmp_path: Path, address: str, cgroup_parent: str) -> Dict[str, Any]:
@@ -78,6 +82,7 @@ def test_update_instances_over_grpc_activating_active_then_inactive(
         active = session.wait_for("update_instances_status", 30)
         assert [(s.instance.item_id, s.state) for s in activating.instances] == [("web", "activating")]
         assert [(s.instance.item_id, s.state, s.error.aos_code) for s in active.instances] == [("web", "active", 0)]
+        assert [(v.name, v.error.aos_code) for v in active.instances[0].env_vars] == [("GREETING", 0)]
         batch = session.wait_for("node_instances_status", 30)
         assert [(s.instance.item_id, s.state) for s in batch.instances] == [("web", "active")]
         assert contract_cm.blob_requests and contract_cm.blob_requests[0] == [image.manifest_digest]
@@ -109,7 +114,7 @@ def test_after_sigkill_running_instances_are_adopted_and_dead_ones_restarted_wit
     contract_cm_factory: CMFactory, blob_server: BlobServer, layer: bytes, cgroup_parent: str,
     state_root: Path, tmp_path: Path
 ) -> None:
-    image = build_image([layer], entrypoint=SERVICE[:2], cmd=SERVICE[2:])
+    image = build_image([layer], entrypoint=TICKER[:2], cmd=TICKER[2:])
     urls = blob_server.publish(image)
     cm = contract_cm_factory()
     cm.blob_urls.update(urls)
@@ -141,8 +146,15 @@ def test_after_sigkill_running_instances_are_adopted_and_dead_ones_restarted_wit
         wait_until(lambda: bool(cgroup_pids(cgroup_parent).get(lost_container)), 60, "the offline restart")
         after = cgroup_pids(cgroup_parent)
         kept_container = next(c for c in before if c != lost_container)
-        assert after[kept_container] == before[kept_container]  # adopted: the very same process
-        assert after[lost_container] != before[lost_container]
+        # Adopted: the very same first process (the ticker's sleep children come and go).
+        assert min(after[kept_container]) == min(before[kept_container])
+        assert min(before[lost_container]) not in after[lost_container]
+        # The adopted instance's output still reaches its log: its FIFO outlived the dead agent.
+        log_file = tmp_path / "work" / "launcher" / "logs" / f"{kept_container}.log"
+        restarted_at = datetime.now(timezone.utc)
+        wait_until(lambda: any(parsed is not None and parsed[0] > restarted_at for parsed in
+                               map(parse_line, log_file.read_bytes().splitlines(keepends=True))),
+                   30, "output of the adopted instance")
 
         cm = contract_cm_factory(port=cm.port)
         session = cm.wait_session(timeout=30)

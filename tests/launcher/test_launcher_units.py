@@ -237,3 +237,14 @@ def test_a_corrupt_store_is_moved_aside_with_a_problem_not_a_crash(tmp_path: Pat
     assert [p.name.startswith("launcher.db.corrupt-") for p in tmp_path.iterdir()].count(True) == 1
     with pytest.raises(sqlite3.DatabaseError):
         sqlite3.connect(str(next(tmp_path.glob("launcher.db.corrupt-*")))).execute("SELECT 1 FROM instances")
+
+
+def test_a_runtime_command_that_hangs_is_killed_at_its_deadline(tmp_path: Path) -> None:
+    from aos_sm.agent.launcher.runtime import OciRuntime, OciRuntimeError
+
+    hanging = tmp_path / "hanging-runtime"
+    hanging.write_text("#!/bin/sh\nexec sleep 30\n")
+    hanging.chmod(0o755)
+    runtime = OciRuntime(str(hanging), tmp_path / "state", timeout=0.3)
+    with pytest.raises(OciRuntimeError, match="killed"):
+        runtime.state("anything")

@@ -23,6 +23,7 @@ import logging
 import os
 import queue
 import re
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -234,6 +235,9 @@ class Launcher:
             except Exception as err:  # the worker must outlive any one job
                 log.exception("launcher job failed")
                 self._sender.send(core_alert(f"launcher: {err}"))
+                if isinstance(job, sm_pb2.UpdateInstances):
+                    # CM waits for the batch's NodeInstancesStatus: it gets one, with the truth.
+                    self._sender.send(Out(node_instances_status=self.node_instances_status()))
             finally:
                 with self._idle:
                     self._busy -= 1
@@ -286,9 +290,14 @@ class Launcher:
         instance = _Instance(info, self._container_id(key))
         with self._lock:
             self._instances[key] = instance
-        self._store.put_instance(key, info, instance.container_id)
         self._send_status(instance)
-        self._launch(key, instance)
+        try:
+            self._store.put_instance(key, info, instance.container_id)
+        except sqlite3.Error as err:
+            # Not started: an instance the store cannot remember would not come back after a reboot.
+            self._set_state(instance, "failed", Failed(f"launcher store: {err}").to_error_info())
+        else:
+            self._launch(key, instance)
         self._send_status(instance)
 
     def _launch(self, key: InstanceKey, instance: _Instance) -> None:

@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from google.protobuf.message import DecodeError
+
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from ..ports import CrashRecord, InstanceKey
@@ -93,7 +95,13 @@ class LauncherStore:
         result: Dict[InstanceKey, Tuple[sm_pb2.InstanceInfo, str]] = {}
         for item_id, subject_id, instance, kind, blob, container_id in rows:
             info = sm_pb2.InstanceInfo()
-            info.ParseFromString(blob)
+            try:
+                info.ParseFromString(blob)
+            except DecodeError as err:
+                # One damaged row costs that instance (CM can send it again), not the agent.
+                log.error("launcher store: instance %s/%s/%s unreadable (%s): skipped", item_id, subject_id,
+                          instance, err)
+                continue
             result[InstanceKey(item_id, subject_id, instance, kind)] = (info, container_id)
         return result
 

@@ -248,3 +248,11 @@ def test_a_runtime_command_that_hangs_is_killed_at_its_deadline(tmp_path: Path) 
     runtime = OciRuntime(str(hanging), tmp_path / "state", timeout=0.3)
     with pytest.raises(OciRuntimeError, match="killed"):
         runtime.state("anything")
+
+
+def test_a_damaged_instance_row_is_skipped_not_fatal(tmp_path: Path) -> None:
+    store = LauncherStore(tmp_path / "launcher.db")
+    store.put_instance(InstanceKey("good", "s", 0), info("good"), "c1")
+    with sqlite3.connect(str(tmp_path / "launcher.db")) as db:
+        db.execute("INSERT INTO instances VALUES ('bad', 's', 0, 0, x'ffffffff', 'c2')")
+    assert [key.item_id for key in store.instances()] == ["good"]

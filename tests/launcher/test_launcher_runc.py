@@ -212,3 +212,23 @@ def test_a_corrupt_store_is_reported_to_cm_and_the_launcher_still_works(
     launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[info(image.manifest_digest)]))
     sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
     assert states(sender, "svc") == ["activating", "active"]
+
+
+def test_with_image_ttl_zero_a_stopped_instances_image_and_blobs_are_removed(
+    make_launcher, blob_server: BlobServer, layer: bytes, tmp_path: Path
+) -> None:
+    image = build_image([layer], entrypoint=SERVICE[:2], cmd=SERVICE[2:])
+    sender = RecordingSender()
+    launcher = make_launcher(sender, resolver_for(blob_server.publish(image)), image_ttl=0.0)
+    launcher.start()
+    request = info(image.manifest_digest)
+    launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[request]))
+    sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
+    store = tmp_path / "work" / "launcher"
+    assert len(list((store / "images").iterdir())) == 1  # in use: kept whatever the TTL
+    assert len(list((store / "blobs" / "sha256").iterdir())) == 3
+    launcher.update_instances(sm_pb2.UpdateInstances(stop_instances=[request.instance]))
+    sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 2)
+    assert launcher.wait_idle()  # collection runs after the batch's reply
+    assert list((store / "images").iterdir()) == []
+    assert list((store / "blobs" / "sha256").iterdir()) == []

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.server
 import io
 import os
 import sqlite3
 import tarfile
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -256,3 +258,42 @@ def test_a_damaged_instance_row_is_skipped_not_fatal(tmp_path: Path) -> None:
     with sqlite3.connect(str(tmp_path / "launcher.db")) as db:
         db.execute("INSERT INTO instances VALUES ('bad', 's', 0, 0, x'ffffffff', 'c2')")
     assert [key.item_id for key in store.instances()] == ["good"]
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves one blob and honours ``Range: bytes=N-`` (as registries and CDNs do)."""
+
+    blob = b""
+    ranges: List[Optional[str]] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        requested = self.headers.get("Range")
+        type(self).ranges.append(requested)
+        start = int(requested.split("=")[1].rstrip("-")) if requested else 0
+        body = self.blob[start:]
+        self.send_response(206 if requested else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_an_interrupted_download_resumes_where_the_server_allows_it(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 400
+    _RangeHandler.blob, _RangeHandler.ranges = data, []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        store = BlobStore(tmp_path / "store")
+        digest = sha256(data)
+        # What an earlier, interrupted download left behind.
+        (tmp_path / "store" / "partial" / digest.split(":")[1]).write_bytes(data[:30000])
+        url = f"http://127.0.0.1:{server.server_address[1]}/blob"
+        assert store.fetch(digest, url, len(data)).read_bytes() == data
+        assert _RangeHandler.ranges == ["bytes=30000-"]
+    finally:
+        server.shutdown()
+        server.server_close()

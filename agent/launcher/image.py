@@ -22,6 +22,7 @@ import os
 import shutil
 import stat
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable, Dict, List, Optional, Set, Tuple
@@ -250,7 +251,7 @@ def unpack_layer(path: Path, rootfs: Path, diff_id: str) -> None:
                     _extract_member(archive, member, rootfs, target)
                     created.add(target)
             reader.drain()
-        except (tarfile.TarError, EOFError, gzip.BadGzipFile) as err:
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as err:
             raise InvalidArgument(f"layer {path.name}: not a valid tar archive: {err}") from err
     for directory in opaque:
         for entry in list(directory.iterdir()) if directory.is_dir() else []:

@@ -11,7 +11,7 @@ from conftest import RUNC_ID, RecordingSender, wait_until
 from oci_fixture import BlobServer, build_image
 
 from aos_sm.agent.instancelog import parse_line
-from aos_sm.agent.ports import InstanceKey
+from aos_sm.agent.ports import InstanceKey, MonitoredInstance
 from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
@@ -46,15 +46,30 @@ def proc_status(pid: int, field: str) -> List[str]:
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
+class RecordingMonitor:
+    def __init__(self) -> None:
+        self.events: List[object] = []
+
+    def register_instance(self, instance: MonitoredInstance) -> None:
+        self.events.append(instance)
+
+    def unregister_instance(self, key: InstanceKey) -> None:
+        self.events.append(key)
+
+
 def test_start_runs_the_image_as_the_given_user_in_its_cgroup_then_stop(
     make_launcher, blob_server: BlobServer, layer: bytes, cgroup_parent: str, tmp_path: Path
 ) -> None:
     image = build_image([layer], entrypoint=SERVICE[:2], cmd=SERVICE[2:], env=["GREETING=image"])
     sender = RecordingSender()
-    launcher = make_launcher(sender, resolver_for(blob_server.publish(image)))
+    monitor = RecordingMonitor()
+    launcher = make_launcher(sender, resolver_for(blob_server.publish(image)), monitor=monitor)
     launcher.start()
     storage = tmp_path / "storage"
+    rules = sm_pb2.MonitoringParameters()
+    rules.alert_rules.ram.min_threshold = 10.0
     request = info(image.manifest_digest, uid=1234, gid=4321, storage_path=str(storage),
+                   state_path=str(tmp_path / "state.dat"), monitoring_parameters=rules,
                    env_vars=[sm_pb2.EnvVarInfo(name="GREETING", value="cm")])
     launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[request]))
     sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
@@ -74,11 +89,17 @@ def test_start_runs_the_image_as_the_given_user_in_its_cgroup_then_stop(
     wait_until(lambda: log_file.path.exists() and b"started as" in log_file.path.read_bytes(), what="output")
     stamped = [parse_line(line) for line in log_file.path.read_bytes().splitlines(keepends=True)]
     assert stamped[0] is not None and stamped[0][1] == b"started as 1234:4321 GREETING=cm\n"
-    assert storage.is_dir()
+    assert storage.is_dir() and (tmp_path / "state.dat").is_file()
+    (registered,) = monitor.events
+    assert isinstance(registered, MonitoredInstance)
+    assert (registered.key, registered.runtime_id, registered.cgroup) == (log_file.key, RUNC_ID, log_file.cgroup)
+    assert registered.monitoring_parameters.alert_rules.ram.min_threshold == 10.0
+    assert registered.partitions == (("storage", storage), ("state", tmp_path / "state.dat"))
 
     launcher.update_instances(sm_pb2.UpdateInstances(stop_instances=[request.instance]))
     sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 2)
     assert states(sender, "svc") == ["activating", "active", "inactive"]
+    assert monitor.events[1:] == [log_file.key]
     assert list(sender.of_kind("node_instances_status")[-1].instances) == []
     assert not cgroup_dir.exists() or not (cgroup_dir / "cgroup.procs").read_text().split()
 

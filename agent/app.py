@@ -91,7 +91,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     launcher = Launcher(
         sender=outbox,
         working_dir=config.working_dir,
-        runtimes=_oci_runtimes(config, capacity),
+        runtimes=_oci_runtimes(config, capacity, outbox),
         # GetBlobsInfos goes through the gateway, built below: bound late.
         resolver=lambda digests: gateways[0].get_blobs_infos(digests),
         monitor=NullMonitor(),
@@ -120,15 +120,20 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     return Agent(config, outbox, gateway, dispatcher, node_config, launcher, cloud, capacity)
 
 
-def _oci_runtimes(config: AgentConfig, capacity: hw.NodeCapacity) -> Dict[str, Tuple[str, str]]:
+def _oci_runtimes(config: AgentConfig, capacity: hw.NodeCapacity, outbox: Outbox) -> Dict[str, Tuple[str, str]]:
     """runtime_id -> (type, binary) for the configured OCI runtimes this node can run; instances
-    of any other runtime id fail with notFound."""
+    of any other runtime id fail with notFound.
+
+    A runtime the operator configured is registered as configured (their word), but one that
+    cannot run here is reported to CM in a CoreAlert; auto-detection offers only usable ones.
+    """
     runtimes: Dict[str, Tuple[str, str]] = {}
     for kind in config.runtimes:
         binary = shutil.which(kind) if kind in OCI_RUNTIMES else None
         problem = runtime_unusable(kind, capacity.cgroups.mode) if binary else f"{kind} is not an OCI runtime on PATH"
         if binary is None or problem is not None:
             log.warning("runtime %s cannot start instances: %s", kind, problem)
+            outbox.send(core_alert(f"runtime {kind} is configured but cannot start instances: {problem}"))
             continue
         runtimes[runtime_id(kind, config.node_id)] = (kind, binary)
     return runtimes

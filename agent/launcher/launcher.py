@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
@@ -183,7 +183,9 @@ class Launcher:
         if self._store.problem:
             self._sender.send(core_alert(self._store.problem))
         restart = False
-        for key, (info, container_id) in self._store.instances().items():
+        stored = self._store.instances()
+        self._remove_strays({container for _, container in stored.values()})
+        for key, (info, container_id) in stored.items():
             instance = _Instance(info, container_id)
             with self._lock:
                 self._instances[key] = instance
@@ -455,6 +457,18 @@ class Launcher:
         self._monitor.register_instance(self._monitored(key, instance))
         log.info("instance %s adopted: container %s still runs (pid %d)", key, instance.container_id, state.pid)
         return True
+
+    def _remove_strays(self, wanted: Set[str]) -> None:
+        """Delete containers in our runtimes' state roots that no stored instance owns: the agent
+        died between stopping one and forgetting it, or CM's stop arrived while it was down."""
+        for runtime in self._runtimes.values():
+            try:
+                strays = [c for c in runtime.list_ids() if c not in wanted]
+                for container in strays:
+                    log.warning("container %s belongs to no instance: removed", container)
+                    runtime.delete(container)
+            except AosError as err:
+                log.error("looking for stray containers: %s", err)
 
     def _restore(self) -> None:
         with self._lock:

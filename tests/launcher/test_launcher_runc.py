@@ -11,6 +11,7 @@ from conftest import RUNC_ID, RecordingSender, wait_until
 from oci_fixture import BlobServer, build_image
 
 from aos_sm.agent.instancelog import parse_line
+from aos_sm.agent.launcher.store import LauncherStore
 from aos_sm.agent.ports import InstanceKey, MonitoredInstance
 from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
@@ -253,3 +254,26 @@ def test_with_image_ttl_zero_a_stopped_instances_image_and_blobs_are_removed(
     assert launcher.wait_idle()  # collection runs after the batch's reply
     assert list((store / "images").iterdir()) == []
     assert list((store / "blobs" / "sha256").iterdir()) == []
+
+
+def test_a_container_no_stored_instance_owns_is_removed_at_start(
+    make_launcher, blob_server: BlobServer, layer: bytes, tmp_path: Path
+) -> None:
+    image = build_image([layer], entrypoint=SERVICE[:2], cmd=SERVICE[2:])
+    sender = RecordingSender()
+    first = make_launcher(sender, resolver_for(blob_server.publish(image)))
+    first.start()
+    request = info(image.manifest_digest)
+    first.update_instances(sm_pb2.UpdateInstances(start_instances=[request]))
+    sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
+    first.stop()
+    (log_file,) = first.instance_logs()
+    # The agent died after CM's stop reached the store but before the container was removed.
+    LauncherStore(tmp_path / "work" / "launcher" / "launcher.db").remove_instance(log_file.key)
+
+    second = make_launcher(RecordingSender(), resolver_for({}))
+    second.start()
+    assert list(second.node_instances_status().instances) == []
+    assert list((tmp_path / "work" / "launcher" / "runtime" / "runc").iterdir()) == []
+    procs = Path("/sys/fs/cgroup/memory") / log_file.cgroup / "cgroup.procs"
+    assert not procs.exists() or procs.read_text().split() == []

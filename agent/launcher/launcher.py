@@ -452,7 +452,9 @@ class Launcher:
         reader = reopen_output(self._bundle(instance.container_id) / "output.fifo")
         if reader is None:
             return False
-        self._follow(key, instance, reader, state.pid)
+        # The run began when the container was created, not when we adopted it: a crash record's
+        # time range must cover the lines it wrote before the agent came back.
+        self._follow(key, instance, reader, state.pid, started_at=state.created)
         self._set_state(instance, "active", error_info_ok())
         self._monitor.register_instance(self._monitored(key, instance))
         log.info("instance %s adopted: container %s still runs (pid %d)", key, instance.container_id, state.pid)

@@ -9,10 +9,12 @@ quoted in the error raised.
 from __future__ import annotations
 
 import json
+import re
 import logging
 import subprocess
 import threading
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional
 
@@ -25,6 +27,18 @@ log = logging.getLogger(__name__)
 class ContainerState:
     status: str  # "creating", "created", "running", "paused", "stopped"
     pid: int
+    created: Optional[datetime] = None
+
+
+def parse_created(text: object) -> Optional[datetime]:
+    """runc's ``created`` (Go RFC 3339 with nanoseconds, ``2026-11-25T10:45:00.123456789Z``)."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", str(text))
+    if match is None:
+        return None
+    whole, fraction, zone = match.groups()
+    stamp = datetime.fromisoformat(f"{whole}.{(fraction or '0')[:6].ljust(6, '0')}"
+                                   f"{'+00:00' if zone == 'Z' else zone}")
+    return stamp.astimezone(timezone.utc)
 
 
 class OciRuntimeError(Failed):
@@ -76,7 +90,7 @@ class OciRuntime:
             return None
         try:
             data = json.loads(result.stdout)
-            return ContainerState(str(data["status"]), int(data.get("pid") or 0))
+            return ContainerState(str(data["status"]), int(data.get("pid") or 0), parse_created(data.get("created")))
         except (ValueError, KeyError, TypeError) as err:
             raise OciRuntimeError(f"{self.binary} state {container_id}: unreadable output: {err}") from err
 

@@ -297,3 +297,11 @@ def test_an_interrupted_download_resumes_where_the_server_allows_it(tmp_path: Pa
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_runc_created_times_parse_with_nanoseconds_and_zones() -> None:
+    from aos_sm.agent.launcher.runtime import parse_created
+
+    assert parse_created("2026-11-25T10:45:00.123456789Z") == datetime(2026, 11, 25, 10, 45, 0, 123456, timezone.utc)
+    assert parse_created("2026-11-25T12:45:00+02:00") == datetime(2026, 11, 25, 10, 45, 0, 0, timezone.utc)
+    assert parse_created("yesterday") is None and parse_created(None) is None

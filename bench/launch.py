@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE.parent / "tests" / "launcher"))
 from oci_fixture import busybox_layer, build_image, remove_cgroups, static_busybox, system_test_problem  # noqa: E402
 
 from aos_sm.agent.launcher import Launcher, NullMonitor  # noqa: E402
-from aos_sm.agent.launcher.launcher import container_id  # noqa: E402
+from aos_sm.agent.launcher import container_id  # noqa: E402
 from aos_sm.agent.sminfo import runtime_id  # noqa: E402
 from aos_sm.proto.common.v2 import common_pb2  # noqa: E402
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2  # noqa: E402

@@ -7,6 +7,7 @@ image use), ``output`` (instance output into the log format of ``agent/instancel
 ``launcher`` (the worker thread that runs batches and reports to CM).
 """
 
-from .launcher import Launcher, NullMonitor
+from .launcher import Launcher
+from .records import NullMonitor, container_id
 
-__all__ = ["Launcher", "NullMonitor"]
+__all__ = ["Launcher", "NullMonitor", "container_id"]

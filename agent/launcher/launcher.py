@@ -17,25 +17,22 @@ Theory of operation:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import queue
-import re
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from ..atomic import write_atomic
-from ..errors import AosError, Failed, InvalidArgument, NotFound, error_info_from_exception, error_info_ok
+from ..errors import AosError, Failed, NotFound, error_info_from_exception, error_info_ok
 from ..messages import core_alert, now_timestamp
 from ..ports import (CrashRecord, InstanceKey, InstanceLogFile, InstanceMonitorPort, MonitoredInstance,
                      Sender)
@@ -45,76 +42,14 @@ from .gc import collect_garbage
 from .image import ImageStore, Resolver
 from .output import become_subreaper, describe_exit, open_output, record_output, reopen_output
 from .plan import info_fingerprint, plan_update
+from .records import Exit, Instance, Run, container_id
 from .runtime import OciRuntime
 from .store import LauncherStore
 
 log = logging.getLogger(__name__)
 
 Out = sm_pb2.SMOutgoingMessages
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def container_id(cgroup_parent: str, key: InstanceKey) -> str:
-    """The runtime's container id (and cgroup name) of an instance: stable across restarts, so
-    the agent finds its containers again, and prefixed with the cgroup parent so that two agents
-    (or test runs) with different parents never share a name."""
-    prefix = _SAFE.sub("-", cgroup_parent.strip("/")) or "aos-sm"
-    digest = hashlib.sha256(repr((key.item_id, key.subject_id, key.instance, key.type)).encode()).hexdigest()
-    return f"{prefix}-{digest[:16]}"
-
-
-class NullMonitor:
-    """An InstanceMonitorPort that watches nothing (until the monitor is wired in)."""
-
-    def register_instance(self, instance: MonitoredInstance) -> None:
-        log.debug("monitor: %s registered (no monitor in this build)", instance.key)
-
-    def unregister_instance(self, key: InstanceKey) -> None:
-        log.debug("monitor: %s unregistered (no monitor in this build)", key)
-
-
-@dataclass
-class _Run:
-    """One run of a container: started at ``started_at``; ``stopping`` once the launcher ends it."""
-
-    pid: int
-    started_at: datetime
-    exited: threading.Event = field(default_factory=threading.Event)
-    stopping: bool = False
-
-
-@dataclass
-class _Instance:
-    info: sm_pb2.InstanceInfo
-    container_id: str
-    state: str = "activating"
-    error: common_pb2.ErrorInfo = field(default_factory=error_info_ok)
-    run: Optional[_Run] = None
-
-    def status(self) -> sm_pb2.InstanceStatus:
-        return sm_pb2.InstanceStatus(
-            instance=self.info.instance, version=self.info.version, runtime_id=self.info.runtime_id,
-            manifest_digest=self.info.manifest_digest, state=self.state, error=self.error,
-            env_vars=[sm_pb2.EnvVarStatus(name=var.name, error=_env_var_error(var.name)) for var in self.info.env_vars],
-        )
-
-
-def _env_var_error(name: str) -> common_pb2.ErrorInfo:
-    """Each EnvVarStatus carries an error (PROTOCOL.md); a name the environment cannot hold is one."""
-    if not name or "=" in name or "\0" in name:
-        return InvalidArgument(f"env var name {name!r} is not valid").to_error_info()
-    return error_info_ok()
-
-
-@dataclass(frozen=True)
-class _Exit:
-    key: InstanceKey
-    run: _Run
-    status: Optional[int]
-    when: datetime
-
-
-_Job = Union[sm_pb2.UpdateInstances, _Exit, str]
+_Job = Union[sm_pb2.UpdateInstances, Exit, str]
 
 
 class Launcher:
@@ -149,7 +84,7 @@ class Launcher:
         self._store = LauncherStore(self._root / "launcher.db")
         self._images = ImageStore(self._root / "images", BlobStore(self._root / "blobs"))
         self._lock = threading.Lock()
-        self._instances: Dict[InstanceKey, _Instance] = {}
+        self._instances: Dict[InstanceKey, Instance] = {}
         self._jobs: "queue.Queue[Optional[_Job]]" = queue.Queue()
         self._worker: Optional[threading.Thread] = None
         self._idle = threading.Condition()
@@ -185,8 +120,8 @@ class Launcher:
         restart = False
         stored = self._store.instances()
         self._remove_strays({container for _, container in stored.values()})
-        for key, (info, container_id) in stored.items():
-            instance = _Instance(info, container_id)
+        for key, (info, container) in stored.items():
+            instance = Instance(info, container)
             with self._lock:
                 self._instances[key] = instance
             if not self._adopt(key, instance):
@@ -228,7 +163,7 @@ class Launcher:
             try:
                 if isinstance(job, sm_pb2.UpdateInstances):
                     self._batch(job)
-                elif isinstance(job, _Exit):
+                elif isinstance(job, Exit):
                     self._exited(job)
                 elif job == "restore":
                     self._restore()
@@ -245,7 +180,7 @@ class Launcher:
                     self._busy -= 1
                     self._idle.notify_all()
 
-    def _set_state(self, instance: _Instance, state: str, error: common_pb2.ErrorInfo) -> None:
+    def _set_state(self, instance: Instance, state: str, error: common_pb2.ErrorInfo) -> None:
         # Under the lock so that node_instances_status never pairs a new state with an old error.
         with self._lock:
             instance.state, instance.error = state, error
@@ -255,18 +190,18 @@ class Launcher:
     def _container_id(self, key: InstanceKey) -> str:
         return container_id(self._cgroup_parent, key)
 
-    def _cgroup(self, container_id: str) -> str:
-        return f"{self._cgroup_parent}/{container_id}"
+    def _cgroup(self, container: str) -> str:
+        return f"{self._cgroup_parent}/{container}"
 
-    def _log_path(self, container_id: str) -> Path:
-        return self._root / "logs" / f"{container_id}.log"
+    def _log_path(self, container: str) -> Path:
+        return self._root / "logs" / f"{container}.log"
 
-    def _bundle(self, container_id: str) -> Path:
-        return self._root / "bundles" / container_id
+    def _bundle(self, container: str) -> Path:
+        return self._root / "bundles" / container
 
     # --- batches
 
-    def _send_status(self, instance: _Instance) -> None:
+    def _send_status(self, instance: Instance) -> None:
         self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=[instance.status()])))
 
     def _batch(self, request: sm_pb2.UpdateInstances) -> None:
@@ -289,7 +224,7 @@ class Launcher:
         self._collect_garbage()
 
     def _start(self, key: InstanceKey, info: sm_pb2.InstanceInfo) -> None:
-        instance = _Instance(info, self._container_id(key))
+        instance = Instance(info, self._container_id(key))
         with self._lock:
             self._instances[key] = instance
         self._send_status(instance)
@@ -302,7 +237,7 @@ class Launcher:
             self._launch(key, instance)
         self._send_status(instance)
 
-    def _launch(self, key: InstanceKey, instance: _Instance) -> None:
+    def _launch(self, key: InstanceKey, instance: Instance) -> None:
         """Pull, bundle and run; leaves ``instance`` ``active`` or ``failed``."""
         runtime = self._runtimes.get(instance.info.runtime_id)
         try:
@@ -335,7 +270,7 @@ class Launcher:
         self._set_state(instance, "active", error_info_ok())
         self._monitor.register_instance(self._monitored(key, instance))
 
-    def _bundle_spec(self, instance: _Instance, rootfs: str) -> BundleSpec:
+    def _bundle_spec(self, instance: Instance, rootfs: str) -> BundleSpec:
         info = instance.info
         state_is_file = True
         if info.storage_path:
@@ -354,25 +289,25 @@ class Launcher:
             state_is_file=state_is_file,
         )
 
-    def _monitored(self, key: InstanceKey, instance: _Instance) -> MonitoredInstance:
+    def _monitored(self, key: InstanceKey, instance: Instance) -> MonitoredInstance:
         partitions = tuple((name, Path(path)) for name, path in
                            (("storage", instance.info.storage_path), ("state", instance.info.state_path)) if path)
         return MonitoredInstance(key, instance.info.runtime_id, self._cgroup(instance.container_id),
                                  instance.info.monitoring_parameters, partitions)
 
-    def _follow(self, key: InstanceKey, instance: _Instance, reader: int, pid: int,
+    def _follow(self, key: InstanceKey, instance: Instance, reader: int, pid: int,
                 started_at: Optional[datetime] = None) -> None:
-        run = _Run(pid, started_at or datetime.now(timezone.utc))
+        run = Run(pid, started_at or datetime.now(timezone.utc))
         instance.run = run
 
         def on_exit(status: Optional[int], when: datetime) -> None:
             run.exited.set()
             if not run.stopping:
-                self._enqueue(_Exit(key, run, status, when))
+                self._enqueue(Exit(key, run, status, when))
 
         record_output(reader, self._log_path(instance.container_id), pid, on_exit)
 
-    def _stop(self, key: InstanceKey, *, forget: bool) -> _Instance:
+    def _stop(self, key: InstanceKey, *, forget: bool) -> Instance:
         """End the instance's container; ``forget`` also drops it from memory and the store."""
         with self._lock:
             instance = self._instances.get(key)
@@ -380,7 +315,7 @@ class Launcher:
                 self._instances.pop(key, None)
         if instance is None:
             self._store.remove_instance(key)
-            return _Instance(sm_pb2.InstanceInfo(instance=key.to_ident()), self._container_id(key))
+            return Instance(sm_pb2.InstanceInfo(instance=key.to_ident()), self._container_id(key))
         runtime = self._runtimes.get(instance.info.runtime_id)
         if instance.run is not None:
             instance.run.stopping = True
@@ -405,7 +340,7 @@ class Launcher:
 
     # --- exits
 
-    def _exited(self, event: _Exit) -> None:
+    def _exited(self, event: Exit) -> None:
         with self._lock:
             instance = self._instances.get(event.key)
         if instance is None or instance.run is not event.run or event.run.stopping:
@@ -437,7 +372,7 @@ class Launcher:
 
     # --- restore after a restart
 
-    def _adopt(self, key: InstanceKey, instance: _Instance) -> bool:
+    def _adopt(self, key: InstanceKey, instance: Instance) -> bool:
         """True when the instance's container still runs and its output FIFO could be reopened."""
         runtime = self._runtimes.get(instance.info.runtime_id)
         if runtime is None:

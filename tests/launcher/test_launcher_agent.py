@@ -14,14 +14,14 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from conftest import remove_containers, wait_until
+from launcher_helpers import remove_containers, wait_until
 from contract_cm import CMFactory, ContractCM
 from oci_fixture import BlobServer, build_image
 
 from aos_sm.agent.app import build_agent
 from aos_sm.agent.instancelog import parse_line
 from aos_sm.agent.config import parse_config
-from aos_sm.agent.launcher.launcher import container_id
+from aos_sm.agent.launcher import container_id
 from aos_sm.agent.ports import InstanceKey
 from aos_sm.agent.sminfo import runtime_id
 

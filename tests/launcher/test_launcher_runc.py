@@ -7,7 +7,7 @@ from typing import Dict, List
 
 import pytest
 
-from conftest import RUNC_ID, RecordingSender, wait_until
+from launcher_helpers import RUNC_ID, RecordingSender, wait_until
 from oci_fixture import BlobServer, build_image
 
 from aos_sm.agent.instancelog import parse_line

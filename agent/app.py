@@ -145,6 +145,6 @@ def describe(agent: Agent) -> List[str]:
     return [
         f"node {agent.config.node_id}: {len(capacity.cpus)} CPUs, {capacity.max_dmips} DMIPS "
         f"({capacity.dmips_provenance}), {capacity.total_ram // (1024 * 1024)} MiB RAM",
-        f"runtimes: {', '.join(agent.config.runtimes)}; CM: {agent.config.cm_server_url or 'simulator'} "
+        f"runtimes: {', '.join(agent.config.runtimes) or 'none usable'}; CM: {agent.config.cm_server_url or 'simulator'} "
         f"({agent.config.tls_mode})",
     ]

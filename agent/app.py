@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from aos_sm import hw
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from .capacity import probe_capacity
 from .cloud import CloudConnection
-from .config import AgentConfig
+from .config import OCI_RUNTIMES, AgentConfig, runtime_unusable
 from .dispatch import Dispatcher
 from .gateway import Gateway
 from .logs.alerts import JournalAlerts
 from .logs.build import build_logs
-from .logs.service import LogService, NoInstanceLogs
+from .logs.service import LogService
 from .nodeconfig import NodeConfigState
+from .launcher import Launcher
 from .nodeconfig_store import NodeConfigService
 from .messages import core_alert
 from .monitoring import Monitor
 from .outbox import Outbox
-from .sminfo import build_sm_info
-from .unsupported import UnsupportedLauncher, UnsupportedNetwork
+from .sminfo import build_sm_info, runtime_id
+from .unsupported import UnsupportedNetwork
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ class Agent:
     gateway: Gateway
     dispatcher: Dispatcher
     node_config: NodeConfigService
-    launcher: UnsupportedLauncher
+    launcher: Launcher
     cloud: CloudConnection
     capacity: hw.NodeCapacity
     logs: LogService
@@ -47,10 +49,14 @@ class Agent:
         self.monitor.start()
         if self.journal_alerts is not None:
             self.journal_alerts.start()
+        # Instances come back before any CM connects (offline autonomy), and registration's
+        # NodeInstancesStatus already sees the ones that still run.
+        self.launcher.start()
         self.gateway.start()
 
     def stop(self, timeout: float = 5.0) -> bool:
         stopped = self.gateway.stop(timeout)
+        self.launcher.stop(timeout)
         stopped = self.monitor.stop(timeout) and stopped
         self.logs.close()
         if self.journal_alerts is not None:
@@ -65,7 +71,7 @@ class _Registration:
     resources file is read on every connect, so an operator's fix applies at the next session.
     """
 
-    def __init__(self, config: AgentConfig, capacity: hw.NodeCapacity, launcher: UnsupportedLauncher,
+    def __init__(self, config: AgentConfig, capacity: hw.NodeCapacity, launcher: Launcher,
                  outbox: Outbox, root: Path) -> None:
         self._config = config
         self._capacity = capacity
@@ -103,10 +109,20 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
                       uplink_interfaces=config.uplink_interfaces, root=root)
     monitor.on_node_config(node_config.current())
     node_config.add_listener(monitor.on_node_config)
-    launcher = UnsupportedLauncher(outbox)
+    gateways: List[Gateway] = []
+    launcher = Launcher(
+        sender=outbox,
+        working_dir=config.working_dir,
+        runtimes=_oci_runtimes(config, capacity, outbox),
+        # GetBlobsInfos goes through the gateway, built below: bound late.
+        resolver=lambda digests: gateways[0].get_blobs_infos(digests),
+        monitor=monitor,
+        cgroup_parent=config.cgroup_parent,
+        image_ttl=config.image_ttl,
+    )
     cloud = CloudConnection()
-    # The launcher will be the instance log source; until it records instances, there are none.
-    logs, journal_alerts = build_logs(config, outbox, NoInstanceLogs())
+    # The launcher records each instance's output and crashes: the logs read them from it.
+    logs, journal_alerts = build_logs(config, outbox, launcher)
     dispatcher = Dispatcher(
         sender=outbox,
         node_config=node_config,
@@ -124,8 +140,28 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         outbox=outbox,
         connect_timeout=connect_timeout,
     )
+    gateways.append(gateway)
     return Agent(config, outbox, gateway, dispatcher, node_config, launcher, cloud, capacity, logs, monitor,
                  journal_alerts)
+
+
+def _oci_runtimes(config: AgentConfig, capacity: hw.NodeCapacity, outbox: Outbox) -> Dict[str, Tuple[str, str]]:
+    """runtime_id -> (type, binary) for the configured OCI runtimes this node can run; instances
+    of any other runtime id fail with notFound.
+
+    A runtime the operator configured is registered as configured (their word), but one that
+    cannot run here is reported to CM in a CoreAlert; auto-detection offers only usable ones.
+    """
+    runtimes: Dict[str, Tuple[str, str]] = {}
+    for kind in config.runtimes:
+        binary = shutil.which(kind) if kind in OCI_RUNTIMES else None
+        problem = runtime_unusable(kind, capacity.cgroups.mode) if binary else f"{kind} is not an OCI runtime on PATH"
+        if binary is None or problem is not None:
+            log.warning("runtime %s cannot start instances: %s", kind, problem)
+            outbox.send(core_alert(f"runtime {kind} is configured but cannot start instances: {problem}"))
+            continue
+        runtimes[runtime_id(kind, config.node_id)] = (kind, binary)
+    return runtimes
 
 
 def describe(agent: Agent) -> List[str]:
@@ -134,6 +170,6 @@ def describe(agent: Agent) -> List[str]:
     return [
         f"node {agent.config.node_id}: {len(capacity.cpus)} CPUs, {capacity.max_dmips} DMIPS "
         f"({capacity.dmips_provenance}), {capacity.total_ram // (1024 * 1024)} MiB RAM",
-        f"runtimes: {', '.join(agent.config.runtimes)}; CM: {agent.config.cm_server_url or 'simulator'} "
+        f"runtimes: {', '.join(agent.config.runtimes) or 'none usable'}; CM: {agent.config.cm_server_url or 'simulator'} "
         f"({agent.config.tls_mode})",
     ]

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from aos_sm.hw.cgroups import probe_cgroup_layout
+
 from .durations import parse_duration
 from .errors import AosError, ConfigError
 
@@ -47,6 +49,7 @@ _KNOWN: Dict[str, Any] = {
     "logging": {"maxpartsize": None, "maxpartcount": None, "systemlog": None},
     "runtimes": None,
     "journalalerts": {"filter": None, "systemalertpriority": None, "servicealertpriority": None},
+    "imagettl": None,
 }
 
 JOURNALD = "journald"
@@ -91,6 +94,7 @@ class AgentConfig:
     system_log: str = "/var/log/messages"
     journal_alerts: JournalAlertsConfig = JournalAlertsConfig()
     runtimes: Tuple[str, ...] = ()
+    image_ttl: float = 24 * 3600.0
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     warnings: Tuple[str, ...] = ()
 
@@ -192,11 +196,23 @@ def default_node_id(root: Path = Path("/")) -> str:
     return machine_id or socket.gethostname()
 
 
-def detect_runtimes(which: Callable[[str], Optional[str]] = shutil.which) -> Tuple[str, ...]:
-    """The OCI runtimes installed on the node; ``container`` when none is, so CM still sees the
-    node's capacity (the launcher reports which instances it can really start)."""
-    found = tuple(name for name in OCI_RUNTIMES if which(name))
-    return found or ("container",)
+def runtime_unusable(name: str, cgroup_mode: str) -> Optional[str]:
+    """Why OCI runtime ``name`` cannot run containers on a node with this cgroup layout, or None.
+
+    crun (1.8, Debian bookworm) refuses hybrid layouts ("cgroups in hybrid mode not supported");
+    runc 1.1 runs on v1, hybrid and v2.
+    """
+    if name == "crun" and cgroup_mode == "hybrid":
+        return "crun does not support hybrid cgroups (v1 controllers plus a v2 tree)"
+    return None
+
+
+def detect_runtimes(which: Callable[[str], Optional[str]] = shutil.which, cgroup_mode: Optional[str] = None,
+                    root: Path = Path("/")) -> Tuple[str, ...]:
+    """The OCI runtimes installed on the node that can run on its cgroup layout. Empty when there
+    is none: SMInfo then honestly offers no runtime rather than one that cannot start anything."""
+    mode = cgroup_mode if cgroup_mode is not None else probe_cgroup_layout(root).mode
+    return tuple(name for name in OCI_RUNTIMES if which(name) and runtime_unusable(name, mode) is None)
 
 
 def detect_system_log(root: Path = Path("/"), which: Callable[[str], Optional[str]] = shutil.which) -> str:
@@ -338,7 +354,8 @@ def parse_config(text: str, *, root: Path = Path("/")) -> AgentConfig:
         max_part_count=reader.integer("logging.maxPartCount", 80, low=1, high=100000),
         system_log=_system_log(reader, root),
         journal_alerts=_journal_alerts(reader),
-        runtimes=_runtimes(reader) or detect_runtimes(),
+        runtimes=_runtimes(reader) or detect_runtimes(root=root),
+        image_ttl=reader.seconds("imageTTL", 24 * 3600.0, positive=False),
         raw=data,
         warnings=tuple(warnings),
     )

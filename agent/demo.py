@@ -40,7 +40,7 @@ def _steps() -> List[Tuple[str, Callable[[], In], str]]:
          lambda: In(set_node_config=sm_pb2.SetNodeConfig(node_config=good, version="1.0.0")), "node_config_status"),
         ("CM sets the same version again: alreadyExist",
          lambda: In(set_node_config=sm_pb2.SetNodeConfig(node_config=good, version="1.0.0")), "node_config_status"),
-        ("CM asks to start an instance (no launcher in this build: honest notSupported)",
+        ("CM asks to start an instance on a runtime this node does not have (shown: activating; failed follows)",
          lambda: command_message("start demo-service"), "update_instances_status"),
         ("CM asks for the system log", lambda: command_message("system-log demo-log"), "log"),
     ]

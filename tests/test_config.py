@@ -118,8 +118,22 @@ def test_journal_alerts_follow_the_reference_defaults_and_keys() -> None:
 
 def test_runtimes_come_from_the_config_or_from_what_is_installed() -> None:
     assert parse({"runtimes": [{"type": "runc"}, {"TYPE": "crun"}]}).runtimes == ("runc", "crun")
-    assert detect_runtimes(lambda name: "/usr/bin/runc" if name == "runc" else None) == ("runc",)
-    assert detect_runtimes(lambda name: None) == ("container",)
+    assert detect_runtimes(lambda name: "/usr/bin/runc" if name == "runc" else None, "v2") == ("runc",)
+    # Nothing installed: no runtime is offered, rather than a "container" runtime that cannot run.
+    assert detect_runtimes(lambda name: None, "v2") == ()
+    # crun 1.8 refuses hybrid cgroups: it is offered on v1/v2 nodes only; runc runs on all three.
+    everything = lambda name: f"/usr/bin/{name}"  # noqa: E731
+    assert detect_runtimes(everything, "v2") == ("crun", "runc")
+    assert detect_runtimes(everything, "hybrid") == ("runc",)
+
+
+def test_image_ttl_is_a_duration() -> None:
+    assert parse({}).image_ttl == 24 * 3600.0
+    assert parse({"imageTTL": "1h30m"}).image_ttl == 5400.0
+    assert parse({"imageTTL": 0}).image_ttl == 0.0
+    with pytest.raises(ConfigError) as caught:
+        parse({"imageTTL": "soon"})
+    assert caught.value.key == "imageTTL"
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", ""])

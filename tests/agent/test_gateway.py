@@ -24,7 +24,7 @@ from aos_sm.agent.errors import NotFound, WrongState
 from aos_sm.agent.messages import core_alert
 from aos_sm.statemachine import State
 
-NOT_SUPPORTED, INVALID_ARGUMENT, ALREADY_EXIST, WRONG_STATE, RUNTIME = 12, 6, 8, 9, 2
+NOT_SUPPORTED, INVALID_ARGUMENT, ALREADY_EXIST, WRONG_STATE, RUNTIME, NOT_FOUND = 12, 6, 8, 9, 2, 5
 
 
 def test_registration_sends_sm_info_first_then_node_instances_status(
@@ -63,15 +63,22 @@ def test_every_command_kind_gets_its_reply_with_error_filled(
     assert (applied.state, applied.version, applied.error.aos_code) == ("absent", "1.0.0", 0)
 
     session.send("update_instances", commands["update_instances"])
+    # Stops first: service2 was not running; it is reported inactive all the same.
+    stopped = session.wait_for("update_instances_status")
+    assert [(s.instance.item_id, s.state) for s in stopped.instances] == [("service2", "inactive")]
+    # The example's runtime id "runc" is a type, not a runtime id this node registered.
+    activating = session.wait_for("update_instances_status")
+    assert [(s.instance.item_id, s.state) for s in activating.instances] == [("service1", "activating")]
     update = session.wait_for("update_instances_status")
     assert [(s.instance.item_id, s.state, s.error.aos_code) for s in update.instances] == [
-        ("service1", "failed", NOT_SUPPORTED)
+        ("service1", "failed", NOT_FOUND)
     ]
     assert session.wait_for("node_instances_status", predicate=lambda m: len(m.instances) == 1)
 
-    # No system log file: an error naming it; no instances yet: absent (tests/agent/test_logs.py).
+    # No system log file: an error naming it. service1 is known (failed) but never wrote a line:
+    # empty; it never crashed: absent (tests/agent/test_logs.py).
     for kind, correlation, expected in (("system_log_request", "log-1", ("error", 0, 0, RUNTIME)),
-                                        ("instance_log_request", "log-2", ("absent", 1, 1, 0)),
+                                        ("instance_log_request", "log-2", ("empty", 1, 1, 0)),
                                         ("instance_crash_log_request", "log-3", ("absent", 1, 1, 0))):
         session.send(kind, commands[kind])
         part = session.wait_for("log", predicate=lambda m, c=correlation: m.correlation_id == c)

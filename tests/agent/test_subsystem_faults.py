@@ -11,7 +11,7 @@ from aos_sm import hw
 from aos_sm.agent.cloud import CloudConnection
 from aos_sm.agent.dispatch import Dispatcher
 from aos_sm.agent.monitoring import Monitor
-from aos_sm.agent.unsupported import UnsupportedLauncher, UnsupportedNetwork
+from aos_sm.agent.unsupported import UnsupportedNetwork
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 BOARDS = Path(__file__).resolve().parents[1] / "data" / "boards"
@@ -32,6 +32,16 @@ class Recorder:
     def core_alerts(self) -> List[str]:
         return [m.alert.core_alert.message for m in self.sent
                 if m.WhichOneof("SMOutgoingMessage") == "alert" and m.alert.HasField("core_alert")]
+
+
+class _IdleLauncher:
+    """A launcher with no instances; this test is about the other handlers."""
+
+    def update_instances(self, request: sm_pb2.UpdateInstances) -> None:
+        pass
+
+    def node_instances_status(self) -> sm_pb2.NodeInstancesStatus:
+        return sm_pb2.NodeInstancesStatus()
 
 
 class BrokenNodeConfig:
@@ -61,7 +71,7 @@ class BrokenLogs:
 
 def test_a_raising_handler_replies_with_its_error_and_raises_a_core_alert() -> None:
     sender = Recorder()
-    dispatcher = Dispatcher(sender=sender, node_config=BrokenNodeConfig(), launcher=UnsupportedLauncher(sender),
+    dispatcher = Dispatcher(sender=sender, node_config=BrokenNodeConfig(), launcher=_IdleLauncher(),
                             logs=BrokenLogs(sender), monitoring=_NoMonitoring(), network=UnsupportedNetwork(sender),
                             cloud=CloudConnection())
     dispatcher.handle(sm_pb2.SMIncomingMessages(set_node_config=sm_pb2.SetNodeConfig(node_config="{}", version="2.0.0")))

@@ -3,6 +3,7 @@ GetBlobsInfos) and a blob server on loopback; then the agent as a process killed
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -169,3 +170,49 @@ def test_after_sigkill_running_instances_are_adopted_and_dead_ones_restarted_wit
             stderr = running.stderr.read() if running.stderr else ""
             assert "Traceback" not in stderr, stderr
 
+
+
+def test_the_launcher_feeds_the_monitor_and_the_logs_inside_the_agent(
+    contract_cm: ContractCM, blob_server: BlobServer, layer: bytes, cgroup_parent: str,
+    state_root: Path, tmp_path: Path
+) -> None:
+    """The parts wired together in agent/app.py: a running instance shows up in InstantMonitoring
+    with its cgroup's ram; a crashing one gives `failed`, an InstanceAlert, and both its instance
+    log and its crash log come back through CM's log requests."""
+    service = build_image([layer], entrypoint=SERVICE[:2], cmd=SERVICE[2:])
+    crasher = build_image([layer], entrypoint=["/bin/sh", "-c"], cmd=["echo about to fail; sleep 1; exit 3"])
+    contract_cm.blob_urls.update(blob_server.publish(service))
+    contract_cm.blob_urls.update(blob_server.publish(crasher))
+    config = agent_config(tmp_path, contract_cm.address, cgroup_parent)
+    config["monitoring"] = {"pollPeriod": "200ms", "averageWindow": "1s"}
+    agent = build_agent(parse_config(json.dumps(config)))
+    agent.start()
+    try:
+        session = contract_cm.wait_session(timeout=10)
+        session.wait_for("node_instances_status", 10)
+        session.send("update_instances", {"startInstances": [start_payload(service.manifest_digest, "steady"),
+                                                             start_payload(crasher.manifest_digest, "crasher")]})
+        session.wait_for("node_instances_status", 60)
+
+        sample = session.wait_for("instant_monitoring", 30, lambda m: any(
+            i.instance.item_id == "steady" and i.monitoring_data.ram > 0 for i in m.instances_monitoring))
+        (steady,) = [i for i in sample.instances_monitoring if i.instance.item_id == "steady"]
+        assert steady.runtime_id == runtime_id("runc", NODE)
+
+        alert = session.wait_for("alert", 30, lambda m: m.HasField("instance_alert"))
+        assert alert.instance_alert.instance.item_id == "crasher"
+        failed = session.wait_for("update_instances_status", 30, lambda m: any(
+            s.instance.item_id == "crasher" and s.state == "failed" for s in m.instances))
+        assert failed.instances[0].error.exit_code == 3
+
+        crasher_filter = {"itemId": "crasher", "subjectId": "subj", "instance": "0"}
+        for kind, correlation in (("instance_log_request", "out-1"), ("instance_crash_log_request", "crash-1")):
+            session.send(kind, {"correlationId": correlation, "filter": crasher_filter})
+            part = session.wait_for("log", 30, lambda m, c=correlation: m.correlation_id == c)
+            assert (part.status, part.part, part.part_count, part.error.aos_code) == ("ok", 1, 1, 0)
+            assert b"about to fail" in gzip.decompress(part.data)
+        # The crash log says which crash it is.
+        assert b"exited with code 3" in gzip.decompress(part.data)
+    finally:
+        agent.launcher.stop_all_instances()
+        assert agent.stop(timeout=5.0)

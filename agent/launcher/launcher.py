@@ -40,7 +40,7 @@ from .blobs import BlobStore
 from .bundle import BundleSpec, build_runtime_spec
 from .gc import collect_garbage
 from .image import ImageStore, Resolver
-from .output import become_subreaper, describe_exit, open_output, record_output, reopen_output
+from .output import set_subreaper, describe_exit, open_output, record_output, reopen_output
 from .plan import info_fingerprint, plan_update
 from .records import Exit, Instance, Run, container_id
 from .runtime import OciRuntime
@@ -90,7 +90,7 @@ class Launcher:
         self._idle = threading.Condition()
         self._busy = 0
         self._touched: Dict[str, float] = {}
-        self.subreaper = become_subreaper()
+        self.subreaper = False
 
     # --- LauncherPort
 
@@ -115,6 +115,7 @@ class Launcher:
 
     def start(self) -> None:
         """Bring back the stored instances (adopt or queue a restart), then start the worker."""
+        self.subreaper = set_subreaper(True)
         if self._store.problem:
             self._sender.send(core_alert(self._store.problem))
         restart = False
@@ -137,6 +138,8 @@ class Launcher:
         self._jobs.put(None)
         if self._worker is not None:
             self._worker.join(timeout)
+        if self.subreaper:
+            self.subreaper = not set_subreaper(False)
 
     def stop_all_instances(self) -> None:
         """Stop every instance now (tests, decommissioning); the store forgets them."""

@@ -33,11 +33,14 @@ _PR_SET_CHILD_SUBREAPER = 36  # include/uapi/linux/prctl.h
 _MAX_LINE = 64 * 1024
 
 
-def become_subreaper() -> bool:
-    """Make orphaned descendants (container processes) children of this process; False if refused."""
+def set_subreaper(enabled: bool) -> bool:
+    """Make orphaned descendants (container processes) children of this process, or stop doing so;
+    False if refused. The flag is process-wide: a launcher turns it off again when it stops, so a
+    process that hosts a launcher only for a while (the test suite) does not go on collecting
+    zombies of unrelated daemons it starts later."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, int(enabled), 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
 

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Protocol, Sequence, Union
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
-from ..errors import OutOfRange, error_info_from_exception, error_info_ok
+from ..errors import AosError, OutOfRange, error_info_from_exception, error_info_ok
 from ..messages import log_error
 from ..ports import CrashRecord, InstanceLogFile, InstanceLogSourcePort, Sender
 from .chunker import count_parts, gzip_parts, pad_parts, split_parts
@@ -107,7 +107,7 @@ class LogService:
             try:
                 job()
             except Exception as err:
-                log.warning("log request %s failed: %s", correlation_id, err, exc_info=not isinstance(err, OSError))
+                log.warning("log request %s failed: %s", correlation_id, err, exc_info=not isinstance(err, (OSError, AosError)))
                 self._sender.send(log_error(correlation_id, error_info_from_exception(err)))
 
         self._pool.submit(run)

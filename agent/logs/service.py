@@ -107,7 +107,9 @@ class LogService:
             try:
                 job()
             except Exception as err:
-                log.warning("log request %s failed: %s", correlation_id, err, exc_info=not isinstance(err, (OSError, AosError)))
+                # A translated error (a missing file, a bad range) is expected: one line, no traceback.
+                expected = isinstance(err, (OSError, AosError))
+                log.warning("log request %s failed: %s", correlation_id, err, exc_info=not expected)
                 self._sender.send(log_error(correlation_id, error_info_from_exception(err)))
 
         self._pool.submit(run)

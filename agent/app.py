@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from aos_sm import hw
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
-from .capacity import probe_capacity
+from .capacity import probe_capacity, usable_runtimes
 from .cloud import CloudConnection
-from .config import OCI_RUNTIMES, AgentConfig, runtime_unusable
+from .config import AgentConfig
 from .dispatch import Dispatcher
 from .gateway import Gateway
 from .logs.alerts import JournalAlerts
@@ -25,7 +24,7 @@ from .nodeconfig_store import NodeConfigService
 from .messages import core_alert
 from .monitoring import Monitor
 from .outbox import Outbox
-from .sminfo import build_sm_info, runtime_id
+from .sminfo import build_sm_info
 from .unsupported import UnsupportedNetwork
 
 log = logging.getLogger(__name__)
@@ -43,6 +42,7 @@ class Agent:
     capacity: hw.NodeCapacity
     logs: LogService
     monitor: Monitor  # the launcher registers its instances here (InstanceMonitorPort)
+    runtimes: Tuple[str, ...]  # the runtime types registered in SMInfo: the ones that can run here
     journal_alerts: Optional[JournalAlerts] = None
 
     def start(self) -> None:
@@ -71,9 +71,10 @@ class _Registration:
     resources file is read on every connect, so an operator's fix applies at the next session.
     """
 
-    def __init__(self, config: AgentConfig, capacity: hw.NodeCapacity, launcher: Launcher,
-                 outbox: Outbox, root: Path) -> None:
+    def __init__(self, config: AgentConfig, capacity: hw.NodeCapacity, runtimes: Tuple[str, ...],
+                 launcher: Launcher, outbox: Outbox, root: Path) -> None:
         self._config = config
+        self._runtimes = runtimes
         self._capacity = capacity
         self._launcher = launcher
         self._outbox = outbox
@@ -87,7 +88,7 @@ class _Registration:
                 log.error("resources config: %s", problem)
                 self._outbox.send(core_alert(f"resources config: {problem}"))
             self._reported = resources.problems
-        sm_info = build_sm_info(self._config.node_id, self._config.runtimes, self._capacity, resources)
+        sm_info = build_sm_info(self._config.node_id, self._runtimes, self._capacity, resources)
         return sm_info, self._launcher.node_instances_status()
 
 
@@ -110,10 +111,14 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     monitor.on_node_config(node_config.current())
     node_config.add_listener(monitor.on_node_config)
     gateways: List[Gateway] = []
+    usable = usable_runtimes(config, capacity.cgroups.mode)
+    for problem in usable.problems:
+        log.warning("%s", problem)
+        outbox.send(core_alert(problem))
     launcher = Launcher(
         sender=outbox,
         working_dir=config.working_dir,
-        runtimes=_oci_runtimes(config, capacity, outbox),
+        runtimes=usable.by_id,
         # GetBlobsInfos goes through the gateway, built below: bound late.
         resolver=lambda digests: gateways[0].get_blobs_infos(digests),
         monitor=monitor,
@@ -132,36 +137,18 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         network=UnsupportedNetwork(outbox),
         cloud=cloud,
     )
+    runtime_types = usable.types
     gateway = Gateway(
         config,
         target=address,
-        registration=_Registration(config, capacity, launcher, outbox, root),
+        registration=_Registration(config, capacity, runtime_types, launcher, outbox, root),
         handler=dispatcher.handle,
         outbox=outbox,
         connect_timeout=connect_timeout,
     )
     gateways.append(gateway)
     return Agent(config, outbox, gateway, dispatcher, node_config, launcher, cloud, capacity, logs, monitor,
-                 journal_alerts)
-
-
-def _oci_runtimes(config: AgentConfig, capacity: hw.NodeCapacity, outbox: Outbox) -> Dict[str, Tuple[str, str]]:
-    """runtime_id -> (type, binary) for the configured OCI runtimes this node can run; instances
-    of any other runtime id fail with notFound.
-
-    A runtime the operator configured is registered as configured (their word), but one that
-    cannot run here is reported to CM in a CoreAlert; auto-detection offers only usable ones.
-    """
-    runtimes: Dict[str, Tuple[str, str]] = {}
-    for kind in config.runtimes:
-        binary = shutil.which(kind) if kind in OCI_RUNTIMES else None
-        problem = runtime_unusable(kind, capacity.cgroups.mode) if binary else f"{kind} is not an OCI runtime on PATH"
-        if binary is None or problem is not None:
-            log.warning("runtime %s cannot start instances: %s", kind, problem)
-            outbox.send(core_alert(f"runtime {kind} is configured but cannot start instances: {problem}"))
-            continue
-        runtimes[runtime_id(kind, config.node_id)] = (kind, binary)
-    return runtimes
+                 runtime_types, journal_alerts)
 
 
 def describe(agent: Agent) -> List[str]:
@@ -170,6 +157,6 @@ def describe(agent: Agent) -> List[str]:
     return [
         f"node {agent.config.node_id}: {len(capacity.cpus)} CPUs, {capacity.max_dmips} DMIPS "
         f"({capacity.dmips_provenance}), {capacity.total_ram // (1024 * 1024)} MiB RAM",
-        f"runtimes: {', '.join(agent.config.runtimes) or 'none usable'}; CM: {agent.config.cm_server_url or 'simulator'} "
+        f"runtimes: {', '.join(agent.runtimes) or 'none usable'}; CM: {agent.config.cm_server_url or 'simulator'} "
         f"({agent.config.tls_mode})",
     ]

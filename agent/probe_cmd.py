@@ -18,7 +18,7 @@ from google.protobuf.json_format import MessageToDict
 
 from aos_sm.hw import CoreInfo, NodeCapacity, ResourcesResult, load_resources
 
-from .capacity import probe_capacity
+from .capacity import probe_capacity, usable_runtimes
 from .config import AgentConfig, load_config, parse_config
 from .sminfo import build_sm_info
 
@@ -68,7 +68,8 @@ def _gib(value: int) -> str:
     return f"{value / (1 << 30):.2f} GiB"
 
 
-def _write_table(out: TextIO, capacity: NodeCapacity, settings: AgentConfig, resources: ResourcesResult) -> None:
+def _write_table(out: TextIO, capacity: NodeCapacity, settings: AgentConfig, runtimes: Sequence[str],
+                 resources: ResourcesResult) -> None:
     layout = capacity.cgroups
     limited = ", ".join(f"{name} v{version}" for name, version in layout.limiting) or "nothing"
     out.write(f"node       {settings.node_id}\n")
@@ -87,7 +88,7 @@ def _write_table(out: TextIO, capacity: NodeCapacity, settings: AgentConfig, res
         )
     out.write(f"\nDMIPS      max {capacity.max_dmips}  allowed {capacity.allowed_dmips}  ({capacity.dmips_provenance})\n")
     out.write(f"RAM        total {_gib(capacity.total_ram)}  allowed {_gib(capacity.allowed_ram)}\n")
-    out.write(f"runtimes   {', '.join(settings.runtimes) or '-'}\n")
+    out.write(f"runtimes   {', '.join(runtimes) or '-'}\n")
     names = ", ".join(f"{r.name} (shared {r.shared_count})" for r in resources.resources)
     out.write(f"resources  {names or '-'}\n")
 
@@ -101,7 +102,10 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
         err.write(f"aos-sm probe: {error}\n")
         return EXIT_USAGE
     resources = load_resources(root / str(settings.resources_config_file).lstrip("/"), root)
-    sm_info = build_sm_info(settings.node_id, settings.runtimes, capacity, resources)
+    runtimes = usable_runtimes(settings, capacity.cgroups.mode)
+    sm_info = build_sm_info(settings.node_id, runtimes.types, capacity, resources)
+    for problem in runtimes.problems:
+        err.write(f"aos-sm probe: {problem}\n")
     for problem in resources.problems:
         err.write(f"aos-sm probe: resources: {problem}\n")
     for warning in capacity.warnings:
@@ -117,5 +121,5 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
         }
         out.write(json.dumps(document, indent=2) + "\n")
     else:
-        _write_table(out, capacity, settings, resources)
+        _write_table(out, capacity, settings, runtimes.types, resources)
     return EXIT_OK

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from contract_cm import ContractCM
 
@@ -33,3 +36,12 @@ def registered(cm: ContractCM, index: int = -1, timeout: float = 10.0) -> Any:
     session.wait_for("node_instances_status", timeout)
     assert session.kinds()[:2] == ["sm_info", "node_instances_status"]
     return session
+
+
+def registered_runtime(sm_info: Any) -> Any:
+    """The one runtime the test config names (runc), as SMInfo registered it. SMInfo registers
+    only runtimes that can run here, so on a machine without runc there is none to check."""
+    if not sm_info.runtimes and shutil.which("runc") is None:
+        pytest.skip("runc is not installed, so SMInfo rightly registers no runtime (.ci/run installs it)")
+    (runtime,) = sm_info.runtimes
+    return runtime

@@ -17,7 +17,7 @@ from contract import example_commands, length_delimited_field
 from contract_cm import ContractCM
 from tls import TLSMaterial
 
-from agent_helpers import make_config, registered
+from agent_helpers import make_config, registered, registered_runtime
 
 from aos_sm.agent.app import Agent, build_agent
 from aos_sm.agent.errors import NotFound, WrongState
@@ -34,8 +34,8 @@ def test_registration_sends_sm_info_first_then_node_instances_status(
     session = registered(contract_cm)
     sm_info = session.messages("sm_info")[0]
     assert sm_info.node_id == "node-test"
-    assert [runtime.type for runtime in sm_info.runtimes] == ["runc"]
-    runtime = sm_info.runtimes[0]
+    runtime = registered_runtime(sm_info)
+    assert runtime.type == "runc"
     assert runtime.max_dmips > 0 and runtime.total_ram > 0 and runtime.max_instances > 0
     assert agent.gateway.wait_synced(1)
     assert agent.gateway.state in (State.Synced, State.Processing)

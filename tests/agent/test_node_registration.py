@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from contract_cm import ContractCM
 from tls import TLSMaterial
-from agent_helpers import registered
+from agent_helpers import registered, registered_runtime
 
 from aos_sm.agent.app import Agent
 from aos_sm.agent.rpc import CHANNEL_OPTIONS
@@ -41,7 +41,7 @@ def test_sm_info_on_the_wire_carries_the_numbers_probe_prints(
     wire = registered(contract_cm).messages("sm_info")[0]
     memtotal_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                         if line.startswith("MemTotal:"))
-    (runtime,) = wire.runtimes
+    runtime = registered_runtime(wire)
     assert runtime.total_ram == memtotal_kib * 1024
     assert runtime.max_dmips > 0
     assert printed["nodeId"] == wire.node_id

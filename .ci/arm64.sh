@@ -15,7 +15,9 @@
 # skipped with that reason, loudly, and exit code 0 -- unless AOS_SM_ARM64_REQUIRED=1.
 #
 # Runs as root on a Debian bookworm host (debootstrap, chroot, mounts, buildah storage).
-set -euo pipefail
+set -eEuo pipefail
+# Any unguarded failure names itself (the steps guard the expected ones with a message of their own).
+trap 'printf "[arm64] FAILED at .ci/arm64.sh line %s: %s\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 PROJECT=$PWD
 CACHE=$PROJECT/.cache/arm64
@@ -55,11 +57,15 @@ unmount_all() {
 trap unmount_all EXIT
 mount_chroot() {
     local r=$1
-    mount -t proc proc "$r/proc" && MOUNTS+=("$r/proc")
+    mount -t proc proc "$r/proc" || die "mounting /proc into $r"
+    MOUNTS+=("$r/proc")
     # Read-only and without the host's cgroup mounts: tests needing cgroups skip inside.
-    mount -t sysfs -o ro sysfs "$r/sys" && MOUNTS+=("$r/sys")
-    mount --bind /dev "$r/dev" && MOUNTS+=("$r/dev")
-    mount --bind /dev/pts "$r/dev/pts" && MOUNTS+=("$r/dev/pts")
+    mount -t sysfs -o ro sysfs "$r/sys" || die "mounting /sys into $r"
+    MOUNTS+=("$r/sys")
+    mount --bind /dev "$r/dev" || die "bind-mounting /dev into $r"
+    MOUNTS+=("$r/dev")
+    mount --bind /dev/pts "$r/dev/pts" || die "bind-mounting /dev/pts into $r"
+    MOUNTS+=("$r/dev/pts")
 }
 # rm -rf a tree that may have been a chroot: refuse while anything is still mounted inside it.
 remove_tree() {
@@ -249,6 +255,12 @@ project_into_rootfs() {
         --no-build-isolation --no-cache-dir --break-system-packages --force-reinstall . \
         && rm -rf build *.egg-info' > "$ENTRY/project.log" 2>&1 \
         || { tail -30 "$ENTRY/project.log"; die "pip install of the project inside the rootfs"; }
+    # The shared wire contract sits next to the checkout when there is one (tests/test_wire_contract.py
+    # looks beside the project's root): give the copy the same neighbour.
+    rm -rf "$ROOTFS/opt/shared"
+    if [ -d "$(dirname "$PROJECT")/shared/wire" ]; then
+        mkdir -p "$ROOTFS/opt/shared" && cp -r "$(dirname "$PROJECT")/shared/wire" "$ROOTFS/opt/shared/"
+    fi
     in_chroot "$ROOTFS" /usr/local/bin/aos-sm --help > /dev/null \
         || die "aos-sm --help fails inside the rootfs"
 }
@@ -266,9 +278,12 @@ print(platform.machine(), "python", platform.python_version(), *(f"{d} {m.versio
     case $versions in aarch64\ *) ;; *) die "the rootfs python is not aarch64: $versions" ;; esac
     # -p no:cacheprovider: nothing written into the copied checkout; the suite's own timeouts
     # are generous enough for the ~6x slower emulated Python.
-    in_chroot "$ROOTFS" /bin/sh -c 'cd /opt/aos-sm && AOS_SM_EMULATED=1 \
-        GRPC_ENABLE_FORK_SUPPORT=false python3 -m pytest -q -p no:cacheprovider -rs' \
-        || die "the test suite failed under qemu-user (arm64, Debian bookworm's packages)"
+    # A hang under emulation must not eat CI's budget: the whole suite gets 40 minutes.
+    timeout --kill-after=30 "${AOS_SM_QEMU_USER_TIMEOUT:-2400}" \
+        chroot "$ROOTFS" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+        AOS_SM_EMULATED=1 GRPC_ENABLE_FORK_SUPPORT=false \
+        /bin/sh -c 'cd /opt/aos-sm && exec python3 -m pytest -q -p no:cacheprovider' \
+        || die "the test suite failed (or timed out) under qemu-user (arm64, Debian bookworm's packages)"
     unmount_all
 }
 
@@ -405,7 +420,12 @@ main() {
         *) die "unknown step: $step (setup|rootfs|qemu-user-tests|boot-test|image|all)" ;;
     esac
     # Host tools first (a no-op once installed); every arm64 step needs arm64 binaries to run.
-    if ! timed setup setup; then
+    # Not through `timed`: its status is the skip decision.
+    local t0=$SECONDS
+    log "== setup"
+    if setup; then
+        log "== setup: done in $((SECONDS - t0)) s"
+    else
         local why="qemu-aarch64 cannot be registered with binfmt_misc on this host (no binfmt_misc \
 mount, or no permission to register): arm64 binaries cannot run"
         [ "${AOS_SM_ARM64_REQUIRED:-0}" = 1 ] && die "$why"

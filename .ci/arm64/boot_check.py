@@ -112,9 +112,10 @@ def verify(sm_info: Any, probe: dict[str, Any]) -> str:
     # No cpufreq and no device-tree clock under QEMU: the documented guess, DMIPS/MHz from the table.
     expected = round(CPUS * dmips_per_mhz_for_arm("Cortex-A53").dmips_per_mhz * GUESSED_MHZ)
     sources = {cpu["maxMHzSource"] for cpu in probe["cpus"]}
-    if runtime.max_dmips != expected or abs(runtime.max_dmips - int(probe["smInfo"]["runtimes"][0]["maxDmips"])) > 0:
+    probed = int(probe["smInfo"]["runtimes"][0]["maxDmips"])
+    if runtime.max_dmips != expected or runtime.max_dmips != probed:
         raise BootCheckFailed(
-            f"SMInfo max_dmips {runtime.max_dmips}, the probe says {probe['smInfo']['runtimes'][0]['maxDmips']}, "
+            f"SMInfo max_dmips {runtime.max_dmips}, the probe says {probed}, "
             f"{CPUS} x Cortex-A53 at {GUESSED_MHZ} MHz make {expected} (clock sources {sources})"
         )
     return (f"SMInfo from node {sm_info.node_id!r}: arch {arch[0]}/{arch[1]}, "

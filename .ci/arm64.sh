@@ -105,7 +105,7 @@ debian_mirror() {
 
 # --- setup: host packages and binfmt ------------------------------------------------------------
 HOST_PKGS="qemu-user-static binfmt-support debootstrap qemu-system-arm ipxe-qemu buildah
-    e2fsprogs cpio xz-utils zstd rsync kmod"
+    e2fsprogs cpio xz-utils rsync kmod"
 setup() {
     local missing=() p
     for p in $HOST_PKGS; do

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.host_only(
+    reason="benchmarks measure the host; emulated timings mean nothing"
+)
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.host_only(
+    reason="it builds a venv of bookworm's versions from PyPI; under emulation Debian's own packages are the stack under test"
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV_DIR = ROOT / ".cache" / "venv-bookworm-stack"
 PINS = ["grpcio==1.51.3", "protobuf==4.21.12", "transitions==0.9.0", "psutil==5.9.4",

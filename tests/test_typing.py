@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.host_only(
+    reason="mypy is a development tool, not part of the arm64 stack"
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"agent": "agent", "hw": "hw", "statemachine": "statemachine", "proto": "proto/gen"}
 

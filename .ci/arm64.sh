@@ -291,8 +291,8 @@ print(platform.machine(), "python", platform.python_version(), *(f"{d} {m.versio
 BOOT=$CACHE/boot                   # rebuilt every run: initramfs, root disk, console log
 BOOT_MODULES="virtio_mmio virtio_blk virtio_net crc32c_generic ext4"
 BOOT_TIMEOUT=${AOS_SM_BOOT_TIMEOUT:-1080}   # seconds from qemu start; the brief allows 20 minutes
-# The board's busybox-init script, from the Buildroot package once it is in the tree.
-BOARD_INIT_SCRIPT=$PROJECT/buildroot/package/python-aos-sm/S95aos-sm
+# The board's busybox-init script: the one the Buildroot package installs.
+BOARD_INIT_SCRIPT=$PROJECT/packaging/S95aos-sm
 
 # Put a file into the hard-linked staging copy: unlink first, never write through a link into
 # the cached rootfs.
@@ -332,10 +332,7 @@ boot_test() {
     # scripts on top.
     local staging=$BOOT/root init_script=$BOARD_INIT_SCRIPT
     cp -al "$ROOTFS" "$staging" || die "staging the root disk"
-    if [ ! -x "$init_script" ]; then
-        init_script=.ci/arm64/S95aos-sm
-        log "no $BOARD_INIT_SCRIPT in this tree: the agent starts from the stand-in $init_script"
-    fi
+    [ -f "$init_script" ] || die "no board init script at $init_script"
     rm -f "$staging/sbin/init"
     ln -s /bin/busybox "$staging/sbin/init"
     put .ci/arm64/inittab "$staging/etc/inittab" 644
@@ -349,7 +346,8 @@ boot_test() {
     echo aos-a53 > "$BOOT/hostname" && put "$BOOT/hostname" "$staging/etc/hostname" 644
     printf '{"nodeId": "qemu-a53", "cmServerURL": "10.0.2.100:8093", "tlsMode": "plaintext",\n %s\n' \
         '"workingDir": "/var/aos/servicemanager"}' > "$BOOT/aos-sm.json"
-    put "$BOOT/aos-sm.json" "$staging/etc/aos/aos-sm.json" 644
+    # Where packaging/S95aos-sm reads it by default, as on a board.
+    put "$BOOT/aos-sm.json" "$staging/etc/aos/aos_servicemanager.cfg" 644
     local size
     size=$(( $(du -sm "$staging" | cut -f1) + 256 ))
     mke2fs -q -t ext4 -L aos-root -d "$staging" "$BOOT/root.img" "${size}M" \

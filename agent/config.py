@@ -202,6 +202,8 @@ def runtime_unusable(name: str, cgroup_mode: str) -> Optional[str]:
     crun (1.8, Debian bookworm) refuses hybrid layouts ("cgroups in hybrid mode not supported");
     runc 1.1 runs on v1, hybrid and v2.
     """
+    if cgroup_mode == "none":
+        return "no cgroup hierarchy is mounted (mount cgroup2 on /sys/fs/cgroup)"
     if name == "crun" and cgroup_mode == "hybrid":
         return "crun does not support hybrid cgroups (v1 controllers plus a v2 tree)"
     return None

@@ -53,6 +53,18 @@ def directory_used_bytes(path: Path) -> int:
     return total
 
 
+
+def partition_sizes(partitions: Sequence[Tuple[str, Path]]) -> Dict[str, int]:
+    """name -> size in bytes of each partition's file system; one that cannot be read is left
+    out (its rule then has nothing to convert a percent against)."""
+    sizes = {}
+    for name, path in partitions:
+        try:
+            sizes[name] = partition_used_and_size(path)[1]
+        except OSError:
+            continue
+    return sizes
+
 class NodeSampler:
     """The node's cpu (DMIPS), ram (PROTOCOL.md formula), partitions and uplink traffic."""
 
@@ -66,13 +78,7 @@ class NodeSampler:
         self._traffic = self._read_traffic()
 
     def partition_sizes(self) -> Dict[str, int]:
-        sizes = {}
-        for name, path in self._partitions:
-            try:
-                sizes[name] = partition_used_and_size(path)[1]
-            except OSError:
-                continue
-        return sizes
+        return partition_sizes(self._partitions)
 
     def interfaces(self) -> Tuple[str, ...]:
         """The configured uplinks, or those that carry a default route right now."""
@@ -136,13 +142,7 @@ class InstanceSampler:
         self._last = (clock(), hw_usage.read_cgroup_usage(dirs).cpu_usec)
 
     def partition_sizes(self) -> Dict[str, int]:
-        sizes = {}
-        for name, path in self._partitions:
-            try:
-                sizes[name] = partition_used_and_size(path)[1]
-            except OSError:
-                continue
-        return sizes
+        return partition_sizes(self._partitions)
 
     def sample(self, timestamp: float) -> Tuple[Usage, Problems]:
         problems: Problems = []

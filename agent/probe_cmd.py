@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Sequence, TextIO
@@ -27,7 +28,7 @@ EXIT_OK, EXIT_USAGE = 0, 2
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="the agent's JSON configuration (default: built-in defaults)")
-    parser.add_argument("--root", type=Path, default=Path("/"), help="probe this directory as / (default /)")
+    parser.add_argument("--root", type=Path, default=Path("/"), help="probe this directory as / (default /); runtimes there are judged by its cgroup layout only")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -102,7 +103,10 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
         err.write(f"aos-sm probe: {error}\n")
         return EXIT_USAGE
     resources = load_resources(root / str(settings.resources_config_file).lstrip("/"), root)
-    runtimes = usable_runtimes(settings, capacity.cgroups.mode)
+    # A fixture tree or a mounted image: its programs are not on this host's PATH, so there its
+    # configured OCI runtimes are judged by the tree's cgroup layout alone.
+    which = shutil.which if root == Path("/") else (lambda name: name)
+    runtimes = usable_runtimes(settings, capacity.cgroups.mode, which)
     sm_info = build_sm_info(settings.node_id, runtimes.types, capacity, resources)
     for problem in runtimes.problems:
         err.write(f"aos-sm probe: {problem}\n")

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from contract_cm import ContractCM
+from runtime_checks import skip_unless_runc_registers
 
 from aos_sm.agent.config import AgentConfig, parse_config
 
@@ -38,10 +36,11 @@ def registered(cm: ContractCM, index: int = -1, timeout: float = 10.0) -> Any:
     return session
 
 
+
 def registered_runtime(sm_info: Any) -> Any:
-    """The one runtime the test config names (runc), as SMInfo registered it. SMInfo registers
-    only runtimes that can run here, so on a machine without runc there is none to check."""
-    if not sm_info.runtimes and shutil.which("runc") is None:
-        pytest.skip("runc is not installed, so SMInfo rightly registers no runtime (.ci/run installs it)")
+    """The one runtime the test config names (runc), as SMInfo registered it; skips with the
+    reason where this machine can register none."""
+    if not sm_info.runtimes:
+        skip_unless_runc_registers()
     (runtime,) = sm_info.runtimes
     return runtime

@@ -34,11 +34,11 @@ def test_registration_sends_sm_info_first_then_node_instances_status(
     session = registered(contract_cm)
     sm_info = session.messages("sm_info")[0]
     assert sm_info.node_id == "node-test"
+    assert agent.gateway.wait_synced(1)
+    assert agent.gateway.state in (State.Synced, State.Processing)
     runtime = registered_runtime(sm_info)
     assert runtime.type == "runc"
     assert runtime.max_dmips > 0 and runtime.total_ram > 0 and runtime.max_instances > 0
-    assert agent.gateway.wait_synced(1)
-    assert agent.gateway.state in (State.Synced, State.Processing)
 
 
 def test_every_command_kind_gets_its_reply_with_error_filled(

@@ -117,6 +117,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     if args.json:
         document = {
             "smInfo": MessageToDict(sm_info),
+            # Also outside SMInfo, which carries it only per registered runtime (a node may have none).
+            "arch": {"architecture": capacity.architecture, "variant": capacity.arch_variant},
             "cpus": [_core_json(core, capacity.usable_cpus) for core in capacity.cpus],
             "cgroups": _cgroups_json(capacity),
             "dmipsProvenance": capacity.dmips_provenance,

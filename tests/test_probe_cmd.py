@@ -40,6 +40,7 @@ def test_json_object_for_rk3399_root(tmp_path: Path) -> None:
     runtime = info["runtimes"][0]
     assert int(runtime["maxDmips"]) == round(2 * 1800 * 4.9 + 4 * 1416 * 2.3)
     assert runtime["archInfo"] == {"architecture": "aarch64", "variant": "v8"}
+    assert document["arch"] == runtime["archInfo"]
     assert [r["name"] for r in info["resources"]] == ["serial", "dbus"]
     cpus = document["cpus"]
     assert [(c["part"], c["maxMHz"], c["capacity"]) for c in cpus] == [("0xd03", 1416, 381)] * 4 + [("0xd08", 1800, 1024)] * 2

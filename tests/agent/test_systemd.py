@@ -7,6 +7,7 @@ hands its name to the real `aos-sm run` process in ``NOTIFY_SOCKET`` (a path and
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -98,6 +99,17 @@ def fake_systemd(request: pytest.FixtureRequest) -> Iterator[FakeSystemd]:
     systemd.close()
 
 
+@contextlib.contextmanager
+def _reaped(process: "subprocess.Popen[bytes]") -> Iterator["subprocess.Popen[bytes]"]:
+    """Whatever the test asserts, the agent it started does not outlive it."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def _run_agent(cm: ContractCM, tmp_path: Path, env: dict, stderr: int) -> "subprocess.Popen[bytes]":  # type: ignore[type-arg]
     config = tmp_path / "aos_servicemanager.cfg"
     config.write_text(json.dumps({
@@ -162,14 +174,10 @@ def test_without_journal_stream_log_lines_keep_their_timestamps(
     contract_cm: ContractCM, tmp_path: Path
 ) -> None:
     process = _run_agent(contract_cm, tmp_path, {"JOURNAL_STREAM": "1:2"}, stderr=subprocess.PIPE)
-    try:
+    with _reaped(process):
         registered(contract_cm, timeout=WAIT)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=WAIT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     lines = stderr.decode().splitlines()
     # A JOURNAL_STREAM that is not this stderr (inherited from a shell) changes nothing.
     assert lines and all(line[:2] == "20" for line in lines if "aos_sm" in line), lines
@@ -182,17 +190,13 @@ def test_watchdog_pid_of_another_process_turns_the_watchdog_off(
     process = _run_agent(contract_cm, tmp_path, {
         "NOTIFY_SOCKET": fake_systemd.env_value, "WATCHDOG_USEC": "100000", "WATCHDOG_PID": "1",
     }, stderr=subprocess.DEVNULL)
-    try:
+    with _reaped(process):
         fake_systemd.wait_for("READY=1")
         registered(contract_cm, timeout=WAIT)
         fake_systemd.wait_for(f"STATUS=registered with CM at {contract_cm.address}")
         process.send_signal(signal.SIGTERM)
         fake_systemd.wait_for("STOPPING=1")
         assert process.wait(timeout=WAIT) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     # The agent ran through registration (several ping periods of 50 ms) and never pinged.
     assert not any("WATCHDOG=1" in fields for fields in fake_systemd.received + fake_systemd.drain())
 
@@ -242,14 +246,10 @@ def test_a_watchdog_abort_leaves_every_threads_stack_in_the_log(
     """systemd ends a silent agent with SIGABRT (WatchdogSignal): the journal should then say
     where each thread was."""
     process = _run_agent(contract_cm, tmp_path, {}, stderr=subprocess.PIPE)
-    try:
+    with _reaped(process):
         registered(contract_cm, timeout=WAIT)
         process.send_signal(signal.SIGABRT)
         _, stderr = process.communicate(timeout=WAIT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert process.returncode == -signal.SIGABRT
     text = stderr.decode()
     assert "Fatal Python error: Aborted" in text, text
@@ -277,16 +277,12 @@ def test_sigterm_that_lands_on_a_grpc_thread_still_stops_the_agent(
     """systemd's SIGTERM goes to the process; the kernel may give it to any thread. Aimed at a
     non-main thread here, it must still stop the agent (it used to be lost: SIGKILL later)."""
     process = _run_agent(contract_cm, tmp_path, {}, stderr=subprocess.PIPE)
-    try:
+    with _reaped(process):
         registered(contract_cm, timeout=WAIT)
         others = [int(t) for t in os.listdir(f"/proc/{process.pid}/task") if int(t) != process.pid]
         target = next(t for t in others if not _signal_mask_blocks(process.pid, t, signal.SIGTERM))
         _tgkill(process.pid, target, signal.SIGTERM)
         _, stderr = process.communicate(timeout=WAIT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert process.returncode == 0
     assert "received SIGTERM, stopping" in stderr.decode()
 

@@ -31,12 +31,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import Failed, InvalidArgument
 from .image import ImageConfig
 from .itemconfig import ItemConfig
 from .resources import ResourceGrant
+
+if TYPE_CHECKING:
+    from aos_sm.hw import NodeCapacity
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_TERM = "TERM=xterm"
@@ -57,6 +60,11 @@ class CpuCapacity:
 
     max_dmips: int
     cores: int
+
+    @classmethod
+    def of_node(cls, node: NodeCapacity) -> CpuCapacity:
+        # max_dmips sums the online cores (hw/cpu.py total_dmips): count the same ones.
+        return cls(node.max_dmips, sum(1 for core in node.cpus if core.online))
 
 
 def aos_instance_id(item_id: str, subject_id: str, instance: int) -> str:

@@ -32,17 +32,18 @@ from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from ..atomic import write_atomic
-from ..errors import AosError, Failed, NotFound, error_info_from_exception, error_info_ok
+from ..errors import AosError, Failed, NotFound, ResourceUnavailable, error_info_from_exception, error_info_ok
 from ..messages import core_alert, now_timestamp
 from ..ports import (CrashRecord, InstanceKey, InstanceLogFile, InstanceMonitorPort, MonitoredInstance,
                      Sender)
 from .blobs import BlobStore
-from .bundle import BundleSpec, build_runtime_spec
+from .bundle import BundleSpec, CpuCapacity, build_runtime_spec
 from .gc import collect_garbage
-from .image import ImageStore, Resolver
+from .image import Image, ImageStore, Resolver
 from .output import set_subreaper, describe_exit, open_output, record_output, reopen_output
 from .plan import info_fingerprint, plan_update
 from .records import Exit, Instance, Run, container_id
+from .resources import NoResources, ResourceSource
 from .runtime import OciRuntime
 from .store import LauncherStore
 
@@ -67,8 +68,12 @@ class Launcher:
         image_ttl: float = 24 * 3600.0,
         stop_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        resources: Optional[ResourceSource] = None,
+        cpu: Optional[CpuCapacity] = None,
     ) -> None:
-        """``runtimes`` maps runtime_id -> (type, binary) for the runtimes this node can run."""
+        """``runtimes`` maps runtime_id -> (type, binary) for the runtimes this node can run;
+        ``resources`` grants the item configs' resources (none without it); ``cpu`` is the node
+        capacity a ``cpuDMIPSLimit`` is computed from (such items fail without it)."""
         self._sender = sender
         self._root = working_dir / "launcher"
         self._root.mkdir(parents=True, exist_ok=True)
@@ -78,6 +83,8 @@ class Launcher:
         self._image_ttl = image_ttl
         self._stop_timeout = stop_timeout
         self._clock = clock
+        self._resources: ResourceSource = resources or NoResources()
+        self._cpu = cpu
         self._runtimes = {
             runtime_id: OciRuntime(binary, self._root / "runtime" / kind) for runtime_id, (kind, binary) in runtimes.items()
         }
@@ -250,7 +257,7 @@ class Launcher:
             self._touch_image(image.manifest_digest)
             bundle = self._bundle(instance.container_id)
             bundle.mkdir(parents=True, exist_ok=True)
-            spec = build_runtime_spec(image.config, self._bundle_spec(instance, str(image.rootfs)))
+            spec = build_runtime_spec(image.config, self._bundle_spec(instance, image))
             write_atomic(bundle / "config.json", _json(spec), 0o644)
             runtime.delete(instance.container_id)  # a leftover of a run the agent did not see end
             self._log_path(instance.container_id).parent.mkdir(parents=True, exist_ok=True)
@@ -266,6 +273,10 @@ class Launcher:
         except Exception as err:
             log.warning("instance %s failed to start: %s", key, err)
             self._set_state(instance, "failed", error_info_from_exception(err))
+            if isinstance(err, ResourceUnavailable):
+                self._sender.send(Out(alert=sm_pb2.Alert(timestamp=now_timestamp(), resource_allocate_alert=(
+                    sm_pb2.ResourceAllocateAlert(instance=instance.info.instance, resource=err.resource,
+                                                 message=err.message)))))
             if runtime is not None:
                 with contextlib.suppress(AosError):
                     runtime.delete(instance.container_id)  # nothing half-created stays behind
@@ -273,7 +284,7 @@ class Launcher:
         self._set_state(instance, "active", error_info_ok())
         self._monitor.register_instance(self._monitored(key, instance))
 
-    def _bundle_spec(self, instance: Instance, rootfs: str) -> BundleSpec:
+    def _bundle_spec(self, instance: Instance, image: Image) -> BundleSpec:
         info = instance.info
         state_is_file = True
         if info.storage_path:
@@ -285,11 +296,14 @@ class Launcher:
             elif not state.exists():
                 state.parent.mkdir(parents=True, exist_ok=True)
                 state.touch()
+        ident = info.instance
         return BundleSpec(
-            rootfs=rootfs, hostname=instance.container_id, cgroups_path="/" + self._cgroup(instance.container_id),
+            rootfs=str(image.rootfs), hostname=instance.container_id, cgroups_path="/" + self._cgroup(instance.container_id),
             uid=info.uid, gid=info.gid, env_vars=tuple((e.name, e.value) for e in info.env_vars),
             priority=info.priority, storage_path=info.storage_path, state_path=info.state_path,
-            state_is_file=state_is_file,
+            state_is_file=state_is_file, item_id=ident.item_id, subject_id=ident.subject_id,
+            instance_index=ident.instance, item_config=image.item_config,
+            resources=self._resources.grant(image.item_config.resources), cpu=self._cpu,
         )
 
     def _monitored(self, key: InstanceKey, instance: Instance) -> MonitoredInstance:

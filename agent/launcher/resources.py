@@ -29,7 +29,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from aos_sm.hw.resources import Resource, ResourceMount, parse_resource
 
@@ -185,7 +185,24 @@ def parse_resources_document(text: str) -> Dict[str, Resource]:
     return offered
 
 
-# --- adapter ---------------------------------------------------------------------------------------
+# --- adapters --------------------------------------------------------------------------------------
+
+
+class ResourceSource(Protocol):
+    """Where the launcher gets an instance's resources from (a port, so tests can fake it)."""
+
+    def grant(self, requests: Sequence[ResourceRequest]) -> ResourceGrant: ...
+
+
+class NoResources:
+    """A node without a resources config: every requested name is unknown."""
+
+    def grant(self, requests: Sequence[ResourceRequest]) -> ResourceGrant:
+        return grant_resources(requests, {}, {}, _no_device)
+
+
+def _no_device(path: str) -> Sequence[HostDevice]:
+    raise DeviceMissing("not found on this node")
 
 
 def _under(root: Path, absolute: str) -> Path:

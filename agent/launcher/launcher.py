@@ -298,7 +298,8 @@ class Launcher:
                 state.touch()
         ident = info.instance
         return BundleSpec(
-            rootfs=str(image.rootfs), hostname=instance.container_id, cgroups_path="/" + self._cgroup(instance.container_id),
+            rootfs=str(image.rootfs), hostname=instance.container_id,
+            cgroups_path="/" + self._cgroup(instance.container_id),
             uid=info.uid, gid=info.gid, env_vars=tuple((e.name, e.value) for e in info.env_vars),
             priority=info.priority, storage_path=info.storage_path, state_path=info.state_path,
             state_is_file=state_is_file, item_id=ident.item_id, subject_id=ident.subject_id,

@@ -109,7 +109,8 @@ def parse_group_file(text: str) -> Dict[str, int]:
 
 def narrow_access(granted: str, requested: Optional[str]) -> str:
     """The letters of ``rwm`` both the resources file grants and the request asks for."""
-    return "".join(letter for letter in _FULL_ACCESS if letter in granted and (requested is None or letter in requested))
+    wanted = _FULL_ACCESS if requested is None else requested
+    return "".join(letter for letter in _FULL_ACCESS if letter in granted and letter in wanted)
 
 
 def _device_specs(resource: Resource) -> List[Tuple[str, str, str]]:

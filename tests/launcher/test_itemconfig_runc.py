@@ -163,3 +163,18 @@ def test_a_resource_gives_a_device_a_group_a_mount_and_an_env(
     (alert,) = [a.resource_allocate_alert for a in sender.of_kind("alert") if a.HasField("resource_allocate_alert")]
     assert (alert.instance.item_id, alert.resource) == ("broken", "broken")
     assert "/dev/not-here" in alert.message
+
+
+def test_a_bad_item_config_fails_the_instance_with_invalid_argument_naming_the_key(
+    make_launcher, blob_server: BlobServer, layer: bytes
+) -> None:
+    image = build_image([layer], entrypoint=["/bin/sh", "-c"], cmd=["true"],
+                        item_config={"quotas": {"ramLimit": "lots"}}, item_config_key="aosService")
+    sender = RecordingSender()
+    launcher = make_launcher(sender, resolver_for(blob_server.publish(image)), cpu=NODE_CPU)
+    launcher.start()
+    launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[info(image.manifest_digest, "bad")]))
+    status = started(sender, "bad")
+    assert (status.state, status.error.aos_code) == ("failed", 6)
+    assert status.error.message.startswith("item config quotas.ramLimit:")
+    assert launcher.instance_logs()[0].path.exists() is False  # it never ran

@@ -102,8 +102,9 @@ def root(tmp_path: Path) -> Path:
     (base / "etc").mkdir(parents=True)
     (base / "etc" / "group").write_text("video:x:44:\n")
     (base / "dev" / "snd").mkdir(parents=True)
-    for path, mode, kind, device in (("video0", 0o660, stat.S_IFCHR, (81, 0)), ("snd/pcm", 0o640, stat.S_IFCHR, (116, 16)),
-                                     ("sda", 0o600, stat.S_IFBLK, (8, 0))):
+    nodes = (("video0", 0o660, stat.S_IFCHR, (81, 0)), ("snd/pcm", 0o640, stat.S_IFCHR, (116, 16)),
+             ("sda", 0o600, stat.S_IFBLK, (8, 0)))
+    for path, mode, kind, device in nodes:
         os.mknod(base / "dev" / path, mode | kind, os.makedev(*device))
         os.chmod(base / "dev" / path, mode)  # mknod applies the umask
     (base / "dev" / "snd" / "readme").write_text("not a device")

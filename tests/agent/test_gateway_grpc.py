@@ -1,5 +1,10 @@
 """The agent against a real gRPC CM on 127.0.0.1 that decodes with descriptors built from the
-wire contract (tests/contract_cm.py), never with the agent's own generated code."""
+wire contract (tests/contract_cm.py), never with the agent's own generated code.
+
+One real server per transport path: the RegisterSM stream (every command kind; hostile frames;
+a newer CM's encoding; a CM restart), the unary GetBlobsInfos, each security mode, and the
+process under signals. Everything else about the gateway runs over the in-memory transport
+(tests/agent/test_gateway.py)."""
 
 from __future__ import annotations
 
@@ -13,32 +18,16 @@ from typing import Callable
 
 import pytest
 
-from contract import example_commands, length_delimited_field
-from contract_cm import ContractCM
+from contract import example_commands
+from contract_cm import ContractCM, random_frames, v91_update_instances
 from tls import TLSMaterial
 
-from agent_helpers import make_config, registered, registered_runtime
+from agent_helpers import registered
 
-from aos_sm.agent.app import Agent, build_agent
-from aos_sm.agent.errors import NotFound, WrongState
-from aos_sm.agent.messages import core_alert
-from aos_sm.statemachine import State
+from aos_sm.agent.app import Agent
+from aos_sm.agent.errors import NotFound
 
 NOT_SUPPORTED, INVALID_ARGUMENT, ALREADY_EXIST, WRONG_STATE, RUNTIME, NOT_FOUND = 12, 6, 8, 9, 2, 5
-
-
-def test_registration_sends_sm_info_first_then_node_instances_status(
-    contract_cm: ContractCM, start_agent: Callable[..., Agent]
-) -> None:
-    agent = start_agent(contract_cm.address)
-    session = registered(contract_cm)
-    sm_info = session.messages("sm_info")[0]
-    assert sm_info.node_id == "node-test"
-    assert agent.gateway.wait_synced(1)
-    assert agent.gateway.state in (State.Synced, State.Processing)
-    runtime = registered_runtime(sm_info)
-    assert runtime.type == "runc"
-    assert runtime.max_dmips > 0 and runtime.total_ram > 0 and runtime.max_instances > 0
 
 
 def test_every_command_kind_gets_its_reply_with_error_filled(
@@ -100,72 +89,6 @@ def test_every_command_kind_gets_its_reply_with_error_filled(
     assert not session.closed.is_set()
 
 
-def test_malformed_config_and_invalid_semver_get_errors_and_the_stream_stays_up(
-    contract_cm: ContractCM, start_agent: Callable[..., Agent]
-) -> None:
-    start_agent(contract_cm.address)
-    session = registered(contract_cm)
-    session.send("check_node_config", {"nodeConfig": "{\"version\": ", "version": "1.0.0"})
-    malformed = session.wait_for("node_config_status")
-    assert malformed.error.aos_code == INVALID_ARGUMENT and malformed.error.message
-    assert (malformed.state, malformed.version) == ("absent", "1.0.0")
-
-    config = json.dumps({"nodeGroupSubject": {"codename": "main"}})
-    session.send("set_node_config", {"nodeConfig": config, "version": "one.two"})
-    bad_version = session.wait_for("node_config_status")
-    assert bad_version.error.aos_code == INVALID_ARGUMENT and "one.two" in bad_version.error.message
-
-    session.send("set_node_config", {"nodeConfig": config, "version": "2.0.0"})
-    assert session.wait_for("node_config_status").error.aos_code == 0
-    session.send("set_node_config", {"nodeConfig": config, "version": "2.0.0"})
-    assert session.wait_for("node_config_status").error.aos_code == ALREADY_EXIST
-    session.send("set_node_config", {"nodeConfig": config, "version": "1.9.0"})
-    lower = session.wait_for("node_config_status")
-    assert (lower.error.aos_code, lower.state) == (WRONG_STATE, "installed")
-    assert not session.closed.is_set() and len(contract_cm.sessions) == 1
-
-
-def test_node_config_survives_an_agent_restart(
-    contract_cm: ContractCM, tmp_path: Path, start_agent: Callable[..., Agent]
-) -> None:
-    first = start_agent(contract_cm.address)
-    session = registered(contract_cm)
-    config = json.dumps({"nodeGroupSubject": {"codename": "main"}})
-    session.send("set_node_config", {"nodeConfig": config, "version": "3.1.4"})
-    assert session.wait_for("node_config_status").error.aos_code == 0
-    assert first.stop()
-    start_agent(contract_cm.address)
-    again = registered(contract_cm, index=1)
-    again.send("get_node_config_status", {})
-    status = again.wait_for("node_config_status")
-    assert (status.state, status.version) == ("installed", "3.1.4")
-
-
-def test_an_unknown_oneof_field_is_ignored_and_the_stream_stays_up(
-    contract_cm: ContractCM, start_agent: Callable[..., Agent]
-) -> None:
-    start_agent(contract_cm.address)
-    session = registered(contract_cm)
-    # Field 42 of SMIncomingMessages: a kind a newer CM might send; valid protobuf, unknown to us.
-    session.send_raw(length_delimited_field(42, b"\x0a\x03abc"))
-    session.send("get_node_config_status", {})
-    assert session.wait_for("node_config_status").state == "absent"
-    assert not session.closed.is_set() and len(contract_cm.sessions) == 1
-
-
-def test_a_garbage_frame_breaks_only_that_stream_and_the_agent_re_registers(
-    contract_cm: ContractCM, start_agent: Callable[..., Agent]
-) -> None:
-    agent = start_agent(contract_cm.address)
-    first = registered(contract_cm)
-    first.send_raw(b"\xff\xff\xff\xff\xff")
-    assert first.wait_closed(5.0)
-    second = registered(contract_cm, index=1)
-    second.send("get_node_config_status", {})
-    assert second.wait_for("node_config_status").error.aos_code == 0
-    assert agent.gateway.wait_synced(2)
-
-
 def test_cm_restarted_on_the_same_port_gets_a_fresh_registration(
     contract_cm_factory: Callable[..., ContractCM], start_agent: Callable[..., Agent]
 ) -> None:
@@ -181,29 +104,50 @@ def test_cm_restarted_on_the_same_port_gets_a_fresh_registration(
     assert agent.gateway.wait_synced(2, timeout=5.0)
 
 
-def test_alerts_sent_while_disconnected_follow_the_next_registration(
-    contract_cm_factory: Callable[..., ContractCM], start_agent: Callable[..., Agent]
+# Hostile and newer CMs: one message lost at most, never the stream.
+
+
+def test_ten_thousand_random_frames_never_close_the_session_and_every_valid_request_is_answered(
+    contract_cm: ContractCM, start_agent: Callable[..., Agent]
 ) -> None:
-    cm = contract_cm_factory()
-    port = cm.port
-    agent = start_agent(cm.address)
-    registered(cm)
-    # Live only once the agent has seen its registration through; stopping CM earlier would
-    # let the outage messages below be flushed into the dying first session.
-    assert agent.gateway.wait_synced(1, timeout=10)
-    cm.stop()
-    deadline = time.monotonic() + 5
-    while agent.outbox.live and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not agent.outbox.live
-    for number in range(3):
-        agent.outbox.send(core_alert(f"during outage {number}"))
-    restarted = contract_cm_factory(port=port)
-    session = registered(restarted, index=0, timeout=15.0)
-    alerts = [session.wait_for("alert").core_alert.message for _ in range(3)]
-    assert alerts == ["during outage 0", "during outage 1", "during outage 2"]
-    kinds = session.kinds()
-    assert kinds.index("node_instances_status") < kinds.index("alert")
+    agent = start_agent(contract_cm.address)
+    session = registered(contract_cm)
+    config = json.dumps({"nodeGroupSubject": {"codename": "main"}})
+    versions = []
+    for number, frame in enumerate(random_frames(seed=12, count=10_000)):
+        session.send_raw(frame)
+        if number % 100 == 99:  # a valid request after every hundred random frames
+            versions.append(f"7.0.{number // 100}")
+            session.send("check_node_config", {"nodeConfig": config, "version": versions[-1]})
+    for version in versions:
+        reply = session.wait_for("node_config_status", timeout=30.0,
+                                 predicate=lambda m, v=version: m.version == v)
+        assert reply.error.aos_code == 0, reply.error.message
+    assert len(versions) == 100
+    assert not session.closed.is_set() and len(contract_cm.sessions) == 1
+    assert agent.gateway.sync_count == 1
+    # Rate-limited: at most one CoreAlert per request kind (and one for plain garbage).
+    undecodable = [m for m in session.messages("alert") if "undecodable" in m.core_alert.message]
+    assert 1 <= len(undecodable) <= len(contract_cm.contract.incoming_kinds) + 1
+
+
+def test_a_v9_1_update_instances_gives_a_core_alert_and_the_stream_stays_up(
+    contract_cm: ContractCM, start_agent: Callable[..., Agent]
+) -> None:
+    start_agent(contract_cm.address)
+    session = registered(contract_cm)
+    session.send_raw(v91_update_instances(contract_cm.contract, "svc91"))
+    alert = session.wait_for("alert", predicate=lambda m: "UpdateInstances" in m.core_alert.message)
+    assert "network_parameters.network_id: not valid UTF-8" in alert.core_alert.message
+    assert alert.core_alert.core_component == "SM"
+    failed = session.wait_for("update_instances_status")
+    assert [(s.instance.item_id, s.state, s.error.aos_code) for s in failed.instances] == [
+        ("svc91", "failed", INVALID_ARGUMENT)]
+    assert failed.instances[0].error.message.startswith("network_parameters.network_id")
+    session.wait_for("node_instances_status", predicate=lambda m: not m.instances)
+    session.send("get_node_config_status", {})
+    assert session.wait_for("node_config_status").state == "absent"
+    assert not session.closed.is_set() and len(contract_cm.sessions) == 1
 
 
 def test_get_blobs_infos_resolves_digests_in_order(
@@ -213,15 +157,11 @@ def test_get_blobs_infos_resolves_digests_in_order(
     registered(contract_cm)
     assert agent.gateway.wait_synced(1)
     contract_cm.blob_urls.update({"sha256:b": "http://blobs/b", "sha256:a": "file:///blobs/a"})
-    assert agent.gateway.get_blobs_infos(["sha256:b", "sha256:a"]) == ["http://blobs/b", "file:///blobs/a"]
+    resolve = agent.gateway.blob_urls  # the client app.py hands the launcher
+    assert resolve(["sha256:b", "sha256:a"]) == ["http://blobs/b", "file:///blobs/a"]
+    assert contract_cm.blob_requests == [["sha256:b", "sha256:a"]]
     with pytest.raises(NotFound, match="sha256:zzz"):
-        agent.gateway.get_blobs_infos(["sha256:zzz"])
-
-
-def test_get_blobs_infos_without_a_session_is_a_clear_error(tmp_path: Path) -> None:
-    agent = build_agent(make_config(tmp_path, "127.0.0.1:1"))
-    with pytest.raises(WrongState, match="not connected"):
-        agent.gateway.get_blobs_infos(["sha256:a"])
+        resolve(["sha256:zzz"])
 
 
 # Security modes.

@@ -232,7 +232,7 @@ class Gateway:
             sm_info, instances = self._registration()
         except Exception as err:  # a failing probe must not kill the agent: retry later
             log.exception("cannot build the registration")
-            self._events.append(ev.StreamBroken(number, f"registration failed: {err}", "FAILED_PRECONDITION"))
+            self._events.append(ev.StreamBroken(number, f"registration failed: {err}", "INTERNAL"))
             return
         stream = session.connection.open_stream([
             sm_pb2.SMOutgoingMessages(sm_info=sm_info),

@@ -22,13 +22,15 @@ from fake_transport import FakeCM, FakeStream
 from aos_sm.agent.app import Agent, build_agent
 from aos_sm.agent.dispatch import Dispatcher
 from aos_sm.agent.errors import NotFound, WrongState
-from aos_sm.agent.gateway import UnknownEffect
+from aos_sm.agent.gateway import Gateway, UnknownEffect
 from aos_sm.agent.incoming import Undecodable, parse_frame, string_field
 from aos_sm.agent.messages import core_alert
+from aos_sm.agent.outbox import Outbox
 from aos_sm.agent.sdnotify import session_status
 from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 from aos_sm.statemachine import State
+from aos_sm.statemachine.events import CertificatesChanged
 
 INVALID_ARGUMENT, ALREADY_EXIST, WRONG_STATE = 6, 8, 9
 In = sm_pb2.SMIncomingMessages
@@ -325,3 +327,50 @@ def test_the_effect_interpreter_raises_on_an_effect_it_does_not_know(tmp_path: P
     agent = build_agent(make_config(tmp_path, "fake-cm:1"), transport=FakeCM())
     with pytest.raises(UnknownEffect, match="cannot run effect"):
         agent.gateway._run(object())  # type: ignore[arg-type]
+
+
+def test_new_certificates_close_the_stream_and_register_again_at_once(
+    cm: FakeCM, start_agent: Callable[..., Agent]
+) -> None:
+    agent = start_agent(cm)
+    first = registered(cm)
+    assert agent.gateway.wait_synced(1)
+    agent.gateway.feed(CertificatesChanged())
+    second = registered(cm, index=1)
+    assert first.closed_by_agent.is_set() and not second.closed_by_agent.is_set()
+    assert agent.gateway.wait_synced(2)
+    assert ("CertificatesChanged", "Backoff") in agent.gateway.history
+
+
+def test_stop_closes_the_stream_and_the_readers_late_end_is_ignored(
+    cm: FakeCM, tmp_path: Path
+) -> None:
+    agent = build_agent(make_config(tmp_path, "fake-cm:1"), transport=cm)
+    agent.start()
+    stream = registered(cm)
+    assert agent.gateway.wait_synced(1)
+    assert agent.stop(timeout=5.0)
+    assert stream.closed_by_agent.is_set()
+    assert all(connection.closed for connection in cm.connections)
+    assert agent.gateway.state is State.Disconnected
+    wait_until(lambda: agent.gateway.history[-1] == ("StreamBroken", "Disconnected"))
+
+
+def test_a_registration_that_cannot_be_built_is_retried(cm: FakeCM, tmp_path: Path) -> None:
+    calls: List[int] = []
+
+    def registration() -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("resources file vanished")
+        return sm_pb2.SMInfo(node_id="node-retry"), sm_pb2.NodeInstancesStatus()
+
+    gateway = Gateway(make_config(tmp_path, "fake-cm:1"), registration=registration,
+                      handler=lambda frame: None, outbox=Outbox(), transport=cm)
+    gateway.start()
+    try:
+        stream = registered(cm)
+        assert stream.sent[0].sm_info.node_id == "node-retry"
+        assert len(calls) == 2 and len(cm.connections) == 2
+    finally:
+        assert gateway.stop(timeout=5.0)

@@ -222,6 +222,9 @@ class Gateway:
             connection.wait_ready(self._connect_timeout)
         except TransportFailure as err:
             self.feed(ev.ConnectFailed(session.number, str(err), err.code))
+        except Exception as err:  # an adapter bug must not leave the session Connecting forever
+            log.exception("waiting for CM failed")
+            self.feed(ev.ConnectFailed(session.number, f"connect failed: {err}", "UNKNOWN"))
         else:
             self.feed(ev.ChannelReady(session.number))
 
@@ -260,6 +263,10 @@ class Gateway:
                 frame = stream.receive()
             except TransportFailure as err:
                 self.feed(ev.StreamBroken(number, str(err), err.code))
+                return
+            except Exception as err:  # an adapter bug ends this stream, not the reader silently
+                log.exception("reading from CM failed")
+                self.feed(ev.StreamBroken(number, f"read failed: {err}", "UNKNOWN"))
                 return
             self.feed(ev.MessageReceived(number, frame))
 

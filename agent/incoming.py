@@ -26,6 +26,10 @@ from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 ONEOF = "SMIncomingMessage"
 _MAX_GROUP_DEPTH = 32  # deeper nesting is refused, like protobuf's own recursion limit
+# The walk is Python, protobuf's parser is not: a 64 MiB frame of one-byte fields would hold the
+# gateway for a minute. Past these bounds the walk gives up and the reply says less.
+MAX_FIELDS = 100_000
+MAX_EXPLAINED_BYTES = 1 << 20
 
 
 class WireError(ValueError):
@@ -100,8 +104,11 @@ def _tag(data: bytes, pos: int) -> Tuple[int, int, int]:
 def walk_fields(data: bytes) -> Iterator[Tuple[int, int, Optional[bytes]]]:
     """``(number, wire type, payload of a length-delimited field)`` for each field; raises
     ``WireError`` where the bytes stop being wire format."""
-    pos = 0
+    pos = fields = 0
     while pos < len(data):
+        fields += 1
+        if fields > MAX_FIELDS:
+            raise WireError(f"more than {MAX_FIELDS} fields")
         number, wire_type, pos = _tag(data, pos)
         if wire_type == 4:
             raise WireError(f"end of group {number} with no group open")
@@ -135,6 +142,8 @@ def _repeated(field: Any) -> bool:
 def explain(descriptor: Any, data: bytes, path: str = "") -> str:
     """Why ``data`` does not decode as ``descriptor``: the first problem, as ``path: problem``;
     "" when the walk finds none (the caller then reports protobuf's own words)."""
+    if len(data) > MAX_EXPLAINED_BYTES:
+        return ""
     counts: dict[int, int] = {}
     try:
         for number, wire_type, payload in walk_fields(data):

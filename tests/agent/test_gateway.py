@@ -214,6 +214,9 @@ def test_parse_frame_names_the_kind_and_the_field_that_does_not_decode() -> None
     assert isinstance(truncated, Undecodable) and truncated.kind == "update_instances"
     assert "length 9 runs past the end" in truncated.why
     assert isinstance(parse_frame(b""), In)  # an empty frame is an empty message: no kind
+    # A frame of 150,000 one-field varints, cut short: the walk gives up instead of grinding.
+    flood = parse_frame(b"\x08\x00" * 150_000 + b"\xff")
+    assert isinstance(flood, Undecodable) and flood.why == "not a protobuf message: more than 100000 fields"
 
 
 class _Sent:

@@ -23,7 +23,7 @@ import logging
 import time
 from typing import Callable, Dict, List, Optional
 
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
@@ -32,7 +32,7 @@ from aos_sm.statemachine import RateLimiter
 
 from .cloud import CloudConnection
 from .errors import InvalidArgument, error_info_from_exception
-from .incoming import Undecodable, WireError, explain, parse_frame, string_field, type_name, walk_fields
+from .incoming import PARSE_ERRORS, Undecodable, WireError, explain, parse_frame, string_field, type_name, walk_fields
 from .messages import core_alert, failed_instance_status, log_error, now_timestamp
 from .ports import LauncherPort, LogsPort, MonitoringPort, NetworkPort, NodeConfigPort, Sender
 
@@ -250,14 +250,14 @@ class Dispatcher:
             if number == 1:  # start_instances
                 try:
                     good.start_instances.append(sm_pb2.InstanceInfo.FromString(payload))
-                except DecodeError:
+                except PARSE_ERRORS:
                     status = _failed_undecodable_instance(payload)
                     if status is not None:
                         failed.append(status)
             elif number == 2:  # stop_instances
                 try:
                     good.stop_instances.append(common_pb2.InstanceIdent.FromString(payload))
-                except DecodeError:
+                except PARSE_ERRORS:
                     continue  # nothing to stop by: the CoreAlert said it
         if failed:
             self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=failed)))
@@ -274,7 +274,7 @@ def _failed_undecodable_instance(payload: bytes) -> Optional[sm_pb2.InstanceStat
         for number, wire_type, field in walk_fields(payload):
             if number == 1 and wire_type == 2 and field is not None:
                 ident = common_pb2.InstanceIdent.FromString(field)
-    except (WireError, DecodeError):
+    except PARSE_ERRORS:  # WireError is a ValueError
         return None
     if ident is None:
         return None

@@ -32,6 +32,11 @@ MAX_FIELDS = 100_000
 MAX_EXPLAINED_BYTES = 1 << 20
 
 
+# What a protobuf parser raises on bad bytes: DecodeError; the pure-Python parser of protobuf
+# 3.x raises UnicodeDecodeError (a ValueError) on a bad string; RuntimeError on deep recursion.
+PARSE_ERRORS = (DecodeError, ValueError, RuntimeError)
+
+
 class WireError(ValueError):
     """The bytes are not protobuf wire format (truncated, bad tag, bad wire type)."""
 
@@ -181,7 +186,7 @@ def parse_frame(frame: bytes) -> Parsed:
     """The frame as ``SMIncomingMessages``, or why not and which request it was meant to be."""
     try:
         return sm_pb2.SMIncomingMessages.FromString(frame)
-    except (DecodeError, RuntimeError, ValueError) as err:  # RuntimeError: recursion too deep
+    except PARSE_ERRORS as err:
         decode_error = str(err) or type(err).__name__
     kind: Optional[str] = None
     payload = b""

@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Deque, Dict, List, Optional, Tuple, Type, TypeVar
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 from aos_sm.statemachine import RateLimiter, Recovery, SessionCore, SessionError, State
@@ -110,17 +110,17 @@ class Gateway:
         # (event, resulting state), the latest few, for tests and status: bounded, since a
         # long-lived agent handles millions of events.
         self.history: Deque[Tuple[str, str]] = collections.deque(maxlen=256)
-        self._runners: Dict[Type[object], Callable[[object], None]] = {
-            fx.OpenChannel: lambda effect: self._open_channel(_as(effect, fx.OpenChannel).session),
-            fx.OpenStream: lambda effect: self._open_stream(_as(effect, fx.OpenStream).session),
-            fx.SessionLive: lambda effect: self._go_live(_as(effect, fx.SessionLive).session),
-            fx.Dispatch: lambda effect: self._dispatch(_as(effect, fx.Dispatch)),
-            fx.CloseSession: lambda effect: self._close(_as(effect, fx.CloseSession)),
-            fx.StartTimer: lambda effect: self._start_timer(_as(effect, fx.StartTimer)),
-            fx.CancelTimer: lambda effect: self._cancel_timer(_as(effect, fx.CancelTimer)),
-            fx.Stopped: lambda _effect: self._on_stopped(),
-            fx.Ignored: lambda effect: log.debug("ignored %r: %s", _as(effect, fx.Ignored).event,
-                                                 _as(effect, fx.Ignored).why),
+        # The effect interpreter: one runner per effect class; anything else is an error (_run).
+        self._runners: Dict[type, Callable[[Any], None]] = {
+            fx.OpenChannel: self._open_channel,
+            fx.OpenStream: self._open_stream,
+            fx.SessionLive: self._go_live,
+            fx.Dispatch: self._dispatch,
+            fx.CloseSession: self._close,
+            fx.StartTimer: self._start_timer,
+            fx.CancelTimer: self._cancel_timer,
+            fx.Stopped: self._on_stopped,
+            fx.Ignored: self._ignored,
         }
         # Called on the pump, under the lock, when the state changes (systemd STATUS=): keep quick.
         self.state_listeners: List[Callable[[State], None]] = []
@@ -203,7 +203,8 @@ class Gateway:
 
     # Effects.
 
-    def _open_channel(self, number: int) -> None:
+    def _open_channel(self, effect: fx.OpenChannel) -> None:
+        number = effect.session
         session = _Session(number)
         self._sessions[number] = session
         log.info("connecting to CM at %s (%s, attempt %d)", self._target, self._config.tls_mode, number)
@@ -228,7 +229,8 @@ class Gateway:
         else:
             self.feed(ev.ChannelReady(session.number))
 
-    def _open_stream(self, number: int) -> None:
+    def _open_stream(self, effect: fx.OpenStream) -> None:
+        number = effect.session
         session = self._sessions[number]
         assert session.connection is not None
         try:
@@ -247,8 +249,8 @@ class Gateway:
         ).start()
         self._events.append(ev.Registered(number))
 
-    def _go_live(self, number: int) -> None:
-        session = self._sessions[number]
+    def _go_live(self, effect: fx.SessionLive) -> None:
+        session = self._sessions[effect.session]
         assert session.connection is not None and session.stream is not None
         self.blob_urls.attach(session.connection)
         sent = self._outbox.attach(session.stream.send, session.stream.backlog)
@@ -316,14 +318,9 @@ class Gateway:
         if timer is not None:
             timer.cancel()
 
-    def _on_stopped(self) -> None:
+    def _on_stopped(self, _effect: fx.Stopped) -> None:
         log.info("stopped")
         self._stopped.set()
 
-
-_E = TypeVar("_E")
-
-
-def _as(effect: object, kind: Type[_E]) -> _E:
-    assert isinstance(effect, kind)
-    return effect
+    def _ignored(self, effect: fx.Ignored) -> None:
+        log.debug("ignored %s: %s", type(effect.event).__name__, effect.why)

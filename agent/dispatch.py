@@ -25,14 +25,22 @@ from typing import Callable, Dict, List, Optional
 
 from google.protobuf.message import Message
 
-from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
-
 from aos_sm.proto.common.v2 import common_pb2
+from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 from aos_sm.statemachine import RateLimiter
 
 from .cloud import CloudConnection
 from .errors import InvalidArgument, error_info_from_exception
-from .incoming import PARSE_ERRORS, Undecodable, WireError, explain, parse_frame, string_field, type_name, walk_fields
+from .incoming import (
+    PARSE_ERRORS,
+    Undecodable,
+    WireError,
+    explain,
+    parse_frame,
+    string_field,
+    type_name,
+    walk_fields,
+)
 from .messages import core_alert, failed_instance_status, log_error, now_timestamp
 from .ports import LauncherPort, LogsPort, MonitoringPort, NetworkPort, NodeConfigPort, Sender
 
@@ -78,7 +86,7 @@ class Dispatcher:
             "connection_status": self._connection_status,
             "update_networks": self._update_networks,
         }
-
+        # Replies to requests whose payload does not decode (see the module docstring).
         self._undecodable_replies: Dict[str, Callable[[Undecodable], None]] = {
             "get_node_config_status": lambda _bad: self._get_node_config_status(sm_pb2.GetNodeConfigStatus()),
             "check_node_config": self._bad_node_config,

@@ -213,6 +213,10 @@ class Gateway:
         except TransportFailure as err:
             self._events.append(ev.ConnectFailed(number, str(err), err.code))
             return
+        except Exception as err:  # e.g. a target gRPC cannot parse: fail the attempt, not the pump
+            log.exception("cannot connect to CM at %s", self._target)
+            self._events.append(ev.ConnectFailed(number, f"connect failed: {err}", "UNKNOWN"))
+            return
         threading.Thread(
             target=self._await_ready, args=(session, session.connection), name=f"sm-connect-{number}",
             daemon=True,
@@ -239,10 +243,15 @@ class Gateway:
             log.exception("cannot build the registration")
             self._events.append(ev.StreamBroken(number, f"registration failed: {err}", "INTERNAL"))
             return
-        stream = session.connection.open_stream([
-            sm_pb2.SMOutgoingMessages(sm_info=sm_info),
-            sm_pb2.SMOutgoingMessages(node_instances_status=instances),
-        ])
+        try:
+            stream = session.connection.open_stream([
+                sm_pb2.SMOutgoingMessages(sm_info=sm_info),
+                sm_pb2.SMOutgoingMessages(node_instances_status=instances),
+            ])
+        except Exception as err:  # an adapter failure: this attempt ends, the next one may work
+            log.exception("cannot open RegisterSM")
+            self._events.append(ev.StreamBroken(number, f"cannot open the stream: {err}", "UNKNOWN"))
+            return
         session.stream = stream
         threading.Thread(
             target=self._read, args=(session.number, stream), name=f"sm-reader-{number}", daemon=True

@@ -22,10 +22,12 @@ from contract import example_commands
 from contract_cm import ContractCM, random_frames, v91_update_instances
 from tls import TLSMaterial
 
-from agent_helpers import registered
+from agent_helpers import make_config, registered
 
 from aos_sm.agent.app import Agent
-from aos_sm.agent.errors import NotFound
+from aos_sm.agent.errors import InvalidArgument, NotFound
+from aos_sm.agent.transport import GrpcTransport, TransportFailure
+from aos_sm.statemachine import recovery_for
 
 NOT_SUPPORTED, INVALID_ARGUMENT, ALREADY_EXIST, WRONG_STATE, RUNTIME, NOT_FOUND = 12, 6, 8, 9, 2, 5
 
@@ -252,3 +254,20 @@ def test_aos_sm_run_exits_0_on_sigterm_and_sigint(
             process.kill()
         _, stderr = process.communicate(timeout=5)
     assert "Traceback" not in stderr, stderr
+
+
+# The gRPC adapter's hook for checks before every connect (certificates: agent/certs.py).
+
+
+def test_a_failing_before_connect_check_fails_the_attempt_as_a_configuration_problem(tmp_path: Path) -> None:
+    checks: list[int] = []
+
+    def check() -> None:
+        checks.append(1)
+        raise InvalidArgument("certFile /etc/aos/sm.pem: expired on 2026-01-01")
+
+    transport = GrpcTransport(make_config(tmp_path, "127.0.0.1:1"), "127.0.0.1:1", before_connect=check)
+    with pytest.raises(TransportFailure, match="sm.pem: expired") as failure:
+        transport.connect()
+    assert failure.value.code == "FAILED_PRECONDITION" and checks == [1]
+    assert recovery_for(failure.value.code).configuration_problem

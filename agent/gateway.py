@@ -155,10 +155,6 @@ class Gateway:
         """The status policy's verdict on the last failure, until a session is synced again."""
         return self._core.last_failure
 
-    def get_blobs_infos(self, digests: List[str]) -> List[str]:
-        """Resolve blob digests to URLs through CM, in request order (``blob_urls``)."""
-        return self.blob_urls(digests)
-
     def in_loop(self, call: Callable[[], None]) -> None:
         """Run ``call`` on the event pump, between two events. It waits while a handler holds the
         pump, which makes it the systemd watchdog's liveness probe (agent/sdnotify.py)."""

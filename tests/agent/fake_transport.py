@@ -17,7 +17,7 @@ from aos_sm.agent.transport import TransportFailure
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 Out = sm_pb2.SMOutgoingMessages
-WAIT = 5.0
+WAIT = 10.0  # generous: five helpers share two cores; waits end as soon as the condition holds
 
 
 class FakeStream:

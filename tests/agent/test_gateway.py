@@ -63,7 +63,7 @@ def registered(cm: FakeCM, index: int = -1) -> FakeStream:
     return stream
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     """Poll a condition the gateway's threads make true (they notify nothing a test can wait on)."""
     deadline = time.monotonic() + timeout
     while not predicate():

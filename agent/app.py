@@ -27,6 +27,7 @@ from .messages import core_alert
 from .monitoring import Monitor
 from .outbox import Outbox
 from .sminfo import build_sm_info
+from .transport import BlobUrlClient, GrpcTransport, Transport
 from .unsupported import UnsupportedNetwork
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,9 @@ class _Registration:
 
 
 def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path = Path("/"),
-                connect_timeout: float = 5.0) -> Agent:
-    """Build every part of the agent; ``target`` overrides ``cmServerURL`` (demo, tests)."""
+                connect_timeout: float = 5.0, transport: Optional[Transport] = None) -> Agent:
+    """Build every part of the agent; ``target`` overrides ``cmServerURL`` (demo, tests);
+    ``transport`` replaces gRPC (tests run the agent over an in-memory fake)."""
     address = target or config.cm_server_url
     if not address:
         raise ValueError("no CM address: set cmServerURL")
@@ -112,7 +114,8 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
                       uplink_interfaces=config.uplink_interfaces, root=root)
     monitor.on_node_config(node_config.current())
     node_config.add_listener(monitor.on_node_config)
-    gateways: List[Gateway] = []
+    # GetBlobsInfos over whichever session is live: the gateway attaches each one.
+    blob_urls = BlobUrlClient()
     usable = usable_runtimes(config, capacity.cgroups.mode)
     for problem in usable.problems:
         log.warning("%s", problem)
@@ -121,8 +124,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         sender=outbox,
         working_dir=config.working_dir,
         runtimes=usable.by_id,
-        # GetBlobsInfos goes through the gateway, built below: bound late.
-        resolver=lambda digests: gateways[0].get_blobs_infos(digests),
+        resolver=blob_urls,
         monitor=monitor,
         cgroup_parent=config.cgroup_parent,
         image_ttl=config.image_ttl,
@@ -146,11 +148,12 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         config,
         target=address,
         registration=_Registration(config, capacity, runtime_types, launcher, outbox, root),
-        handler=dispatcher.handle,
+        handler=dispatcher.handle_frame,
         outbox=outbox,
+        transport=transport or GrpcTransport(config, address),
+        blob_urls=blob_urls,
         connect_timeout=connect_timeout,
     )
-    gateways.append(gateway)
     return Agent(config, outbox, gateway, dispatcher, node_config, launcher, cloud, capacity, logs, monitor,
                  runtime_types, journal_alerts)
 

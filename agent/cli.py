@@ -92,7 +92,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     agent = build_agent(config, target=target)
     for line in describe(agent):
         log.info("%s", line)
-    agent.gateway.state_listeners.append(lambda state: systemd.status(session_status(state.name, target)))
+    agent.gateway.state_listeners.append(
+        lambda state: systemd.status(session_status(state.name, target, agent.gateway.problem)))
     agent.start()
     systemd.ready(agent.gateway.in_loop)
     _wait_for(stop)

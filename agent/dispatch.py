@@ -4,25 +4,52 @@ Every request that has a reply in PROTOCOL.md gets exactly one, with ``error`` f
 when its handler raises: the reference only logs handler errors and leaves CM waiting. A handler
 that raises is also a fault of the agent itself, which CM hears of as a CoreAlert.
 A oneof kind this agent does not know (a newer CM) is logged and ignored; the stream stays up.
+
+Frames arrive raw (agent/transport.py) and are parsed here (agent/incoming.py). A frame that
+does not decode is a CoreAlert saying what and why, at most one a minute per request kind (a
+flood of garbage must not become a flood of alerts); when the outer layer still says which
+request it was and that request has a reply, the reply goes out with ``invalidArgument``:
+- CheckNodeConfig / SetNodeConfig: NodeConfigStatus (current state, the version if readable);
+- log requests: an ``error`` LogData for the correlation id, if readable;
+- UpdateInstances: each start instance that does not decode is ``failed`` (when its identity
+  is readable), the ones that do decode are started as usual, and NodeInstancesStatus follows;
+- GetNodeConfigStatus, GetAverageMonitoring: they carry nothing, so they are answered as usual;
+- ConnectionStatus, UpdateNetworks, garbage: no reply exists; the CoreAlert is all.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict
+import time
+from typing import Callable, Dict, List, Optional
 
 from google.protobuf.message import Message
 
+from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
+from aos_sm.statemachine import RateLimiter
 
 from .cloud import CloudConnection
-from .errors import error_info_from_exception
+from .errors import InvalidArgument, error_info_from_exception
+from .incoming import (
+    PARSE_ERRORS,
+    Undecodable,
+    WireError,
+    explain,
+    parse_frame,
+    string_field,
+    type_name,
+    walk_fields,
+)
 from .messages import core_alert, failed_instance_status, log_error, now_timestamp
 from .ports import LauncherPort, LogsPort, MonitoringPort, NetworkPort, NodeConfigPort, Sender
 
 log = logging.getLogger(__name__)
 
 Out = sm_pb2.SMOutgoingMessages
+
+# One CoreAlert per request kind per minute about frames that do not decode.
+UNDECODABLE_ALERT_INTERVAL = 60.0
 
 
 class Dispatcher:
@@ -36,7 +63,10 @@ class Dispatcher:
         monitoring: MonitoringPort,
         network: NetworkPort,
         cloud: CloudConnection,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
+        self._alerts = RateLimiter(UNDECODABLE_ALERT_INTERVAL)
         self._sender = sender
         self._node_config = node_config
         self._launcher = launcher
@@ -56,11 +86,31 @@ class Dispatcher:
             "connection_status": self._connection_status,
             "update_networks": self._update_networks,
         }
+        # Replies to requests whose payload does not decode (see the module docstring).
+        self._undecodable_replies: Dict[str, Callable[[Undecodable], None]] = {
+            "get_node_config_status": lambda _bad: self._get_node_config_status(sm_pb2.GetNodeConfigStatus()),
+            "check_node_config": self._bad_node_config,
+            "set_node_config": self._bad_node_config,
+            "update_instances": self._bad_update_instances,
+            "system_log_request": self._bad_log_request,
+            "instance_log_request": self._bad_log_request,
+            "instance_crash_log_request": self._bad_log_request,
+            "get_average_monitoring": lambda _bad: self._average_monitoring(sm_pb2.GetAverageMonitoring()),
+        }
+
+    def handle_frame(self, frame: bytes) -> None:
+        """Parse one raw frame from CM and handle it; a frame that does not decode never raises."""
+        parsed = parse_frame(frame)
+        if isinstance(parsed, Undecodable):
+            self._undecodable(parsed)
+        else:
+            self.handle(parsed)
 
     def handle(self, message: sm_pb2.SMIncomingMessages) -> None:
         kind = message.WhichOneof("SMIncomingMessage")
         if kind is None:
-            log.warning("CM sent a message this agent does not know (a newer CM?); ignored")
+            self._alert_limited("unknown", "CM sent a message this agent does not know (a newer CM?); ignored",
+                                to_cm=False)
             return
         route = self._routes.get(kind)
         if route is None:
@@ -163,3 +213,82 @@ class Dispatcher:
         except Exception as err:
             log.exception("UpdateNetworks failed")
             self._sender.send(core_alert(f"UpdateNetworks failed: {err}"))
+
+    # Frames that do not decode (see the module docstring).
+
+    def _alert_limited(self, key: str, text: str, *, to_cm: bool = True) -> None:
+        passes, held = self._alerts.allow(key, self._clock())
+        if not passes:
+            log.debug("%s", text)
+            return
+        if held:
+            text = f"{text} ({held} more like it since the last report)"
+        log.warning("%s", text)
+        if to_cm:
+            self._sender.send(core_alert(text))
+
+    def _undecodable(self, bad: Undecodable) -> None:
+        self._alert_limited(bad.kind or "garbage", f"undecodable {type_name(bad.kind)} from CM: {bad.why}")
+        reply = self._undecodable_replies.get(bad.kind or "")
+        if reply is not None:
+            reply(bad)
+
+    def _bad_node_config(self, bad: Undecodable) -> None:
+        version = string_field(bad.payload, 2)  # CheckNodeConfig / SetNodeConfig .version
+        error = InvalidArgument(f"{bad.why} ({type_name(bad.kind)} undecodable)")
+        self._sender.send(Out(node_config_status=sm_pb2.NodeConfigStatus(
+            state=self._safe_state(), version=version, error=error.to_error_info())))
+
+    def _bad_log_request(self, bad: Undecodable) -> None:
+        correlation_id = string_field(bad.payload, 1)  # every log request's correlation_id
+        error = InvalidArgument(f"{bad.why} ({type_name(bad.kind)} undecodable)")
+        self._sender.send(log_error(correlation_id, error.to_error_info()))
+
+    def _bad_update_instances(self, bad: Undecodable) -> None:
+        """Start what decodes, fail what does not (if its identity is readable), report all."""
+        good = sm_pb2.UpdateInstances()
+        failed: List[sm_pb2.InstanceStatus] = []
+        try:
+            fields = list(walk_fields(bad.payload))
+        except WireError:
+            fields = []
+        for number, wire_type, payload in fields:
+            if wire_type != 2 or payload is None:
+                continue
+            if number == 1:  # start_instances
+                try:
+                    good.start_instances.append(sm_pb2.InstanceInfo.FromString(payload))
+                except PARSE_ERRORS:
+                    status = _failed_undecodable_instance(payload)
+                    if status is not None:
+                        failed.append(status)
+            elif number == 2:  # stop_instances
+                try:
+                    good.stop_instances.append(common_pb2.InstanceIdent.FromString(payload))
+                except PARSE_ERRORS:
+                    continue  # nothing to stop by: the CoreAlert said it
+        if failed:
+            self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=failed)))
+        if good.start_instances or good.stop_instances:
+            self._update_instances(good)
+        else:
+            self._sender.send(Out(node_instances_status=self._launcher.node_instances_status()))
+
+
+def _failed_undecodable_instance(payload: bytes) -> Optional[sm_pb2.InstanceStatus]:
+    """The ``failed`` status of an InstanceInfo that does not decode, if its identity does."""
+    ident: Optional[common_pb2.InstanceIdent] = None
+    try:
+        for number, wire_type, field in walk_fields(payload):
+            if number == 1 and wire_type == 2 and field is not None:
+                ident = common_pb2.InstanceIdent.FromString(field)
+    except PARSE_ERRORS:  # WireError is a ValueError
+        return None
+    if ident is None:
+        return None
+    why = explain(sm_pb2.InstanceInfo.DESCRIPTOR, payload) or "does not decode"
+    error = InvalidArgument(f"{why} (InstanceInfo undecodable)")
+    return sm_pb2.InstanceStatus(
+        instance=ident, version=string_field(payload, 2), manifest_digest=string_field(payload, 3),
+        runtime_id=string_field(payload, 5), state="failed", error=error.to_error_info(),
+    )

@@ -1,4 +1,4 @@
-"""The two RPCs of ``servicemanager.v5.SMService``, bound by method path, and channel setup.
+"""The RPC paths of ``servicemanager.v5.SMService``, and channel setup (agent/transport.py uses them).
 
 No generated gRPC stubs: binding by path needs only the message classes, so the agent runs on
 grpcio 1.51 (Debian bookworm) without grpcio-tools' version checks in generated stubs.
@@ -66,16 +66,6 @@ def make_channel(target: str, credentials: Optional[grpc.ChannelCredentials]) ->
     if credentials is None:
         return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
     return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
-
-
-def register_sm(
-    channel: grpc.Channel,
-) -> grpc.StreamStreamMultiCallable[sm_pb2.SMOutgoingMessages, sm_pb2.SMIncomingMessages]:
-    return channel.stream_stream(
-        REGISTER_SM,
-        request_serializer=sm_pb2.SMOutgoingMessages.SerializeToString,
-        response_deserializer=sm_pb2.SMIncomingMessages.FromString,
-    )
 
 
 def get_blobs_infos(

@@ -20,6 +20,8 @@ import sys
 import threading
 from typing import Callable, Dict, Mapping, Optional
 
+from aos_sm.statemachine import Recovery
+
 log = logging.getLogger(__name__)
 
 NOTIFY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
@@ -144,8 +146,16 @@ _STATUS = {
 }
 
 
-def session_status(state: str, target: str) -> str:
-    """The STATUS= line for a session state (Processing reads as Synced: no flicker per message)."""
+def session_status(state: str, target: str, problem: Optional[Recovery] = None) -> str:
+    """The STATUS= line for a session state (Processing reads as Synced: no flicker per message).
+
+    In Backoff, ``problem`` (the status policy's verdict on the last failure) says why: a
+    configuration problem reads differently from a network cut, since only an operator fixes it."""
+    if state == "Backoff" and problem is not None:
+        if problem.configuration_problem:
+            return (f"configuration problem: CM at {target} answered {problem.code} "
+                    f"({problem.summary}); {problem.hint}; retrying slowly")
+        return f"CM at {target} {problem.summary} ({problem.code}), retrying"
     return _STATUS.get(state, state).format(target=target)
 
 

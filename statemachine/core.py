@@ -12,7 +12,7 @@ reporting the end of a stream we cancelled ourselves) or from a cancelled timer 
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple, Type
 
 from transitions import EventData, Machine
 
@@ -39,6 +39,7 @@ from .events import (
     RetryTimerFired,
     StreamBroken,
 )
+from .status import Pace, Recovery, recovery_for
 from .table import EDGES, TOLERATED, State
 
 
@@ -77,12 +78,18 @@ class SessionCore:
             reconnect_timeout, reconnect_max_timeout, random
         )
         self._delays = self._new_delays()
+        self._cap = reconnect_max_timeout
+        self._random = random
+        # The policy verdict on the last failure, until a session is synced again (STATUS=).
+        self.last_failure: Optional[Recovery] = None
         self._last_session = 0
         self._open_session: Optional[int] = None
         self._last_timer = 0
         self._active_timer: Optional[int] = None
         self._effects: List[Effect] = []
-        self._accepts = {(edge.event, source) for edge in EDGES for source in edge.sources}
+        self._accepts: Set[Tuple[Type[Event], State]] = {
+            (edge.event, source) for edge in EDGES for source in edge.sources
+        }
         self._model = _Model()
         actions: Dict[str, Callable[[EventData], None]] = {
             "open_channel": self._open_channel,
@@ -100,7 +107,8 @@ class SessionCore:
             initial=State.Disconnected,
             transitions=[
                 {
-                    "trigger": edge.event,
+                    # transitions fires by name; the table itself is keyed by the class.
+                    "trigger": edge.event.__name__,
                     "source": list(edge.sources),
                     "dest": edge.dest,
                     "after": actions[edge.action],
@@ -126,13 +134,13 @@ class SessionCore:
         stale = self._staleness(event)
         if stale:
             return (Ignored(event, stale),)
-        name = type(event).__name__
-        if (name, self.state) not in self._accepts:
-            if (name, self.state) in TOLERATED:
-                return (Ignored(event, f"{name} needs nothing in state {self.state.name}"),)
+        kind = type(event)
+        if (kind, self.state) not in self._accepts:
+            if (kind, self.state) in TOLERATED:
+                return (Ignored(event, f"{kind.__name__} needs nothing in state {self.state.name}"),)
             raise InvalidTransition(self.state, event)
         self._effects = []
-        self._model.trigger(name, event=event)
+        self._model.trigger(kind.__name__, event=event)
         effects, self._effects = tuple(self._effects), []
         return effects
 
@@ -158,6 +166,7 @@ class SessionCore:
     def _go_live(self, _data: EventData) -> None:
         assert self._open_session is not None
         self._delays = self._new_delays()
+        self.last_failure = None
         self._effects.append(SessionLive(self._open_session))
 
     def _dispatch(self, data: EventData) -> None:
@@ -166,9 +175,17 @@ class SessionCore:
         self._effects.append(Dispatch(event.session, event.message))
 
     def _retry_later(self, data: EventData) -> None:
-        reason = getattr(data.kwargs["event"], "reason", "")
-        self._close_session(reason)
-        self._start_timer(next(self._delays))
+        event = data.kwargs["event"]
+        assert isinstance(event, (ConnectFailed, StreamBroken))
+        recovery = recovery_for(event.code)
+        self.last_failure = recovery
+        self._close_session(event.reason, recovery)
+        if recovery.pace is Pace.CAP:
+            # Jittered downwards like the backoff, so a fleet refused together does not retry
+            # in lockstep; the backoff itself is left where it was.
+            self._start_timer(self._cap * (1.0 - 0.2 * self._random()))
+        else:
+            self._start_timer(next(self._delays))
 
     def _retry_now(self, _data: EventData) -> None:
         self._close_session("certificates changed")
@@ -180,9 +197,9 @@ class SessionCore:
         self._close_session("agent stopping")
         self._effects.append(Stopped())
 
-    def _close_session(self, reason: str) -> None:
+    def _close_session(self, reason: str, recovery: Optional[Recovery] = None) -> None:
         if self._open_session is not None:
-            self._effects.append(CloseSession(self._open_session, reason))
+            self._effects.append(CloseSession(self._open_session, reason, recovery))
             self._open_session = None
 
     def _start_timer(self, delay: float) -> None:

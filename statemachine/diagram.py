@@ -13,8 +13,8 @@ def _merged(edges: Sequence[Edge]) -> List[Tuple[State, State, str]]:
     for edge in edges:
         for source in edge.sources:
             events = labels.setdefault((source, edge.dest), [])
-            if edge.event not in events:
-                events.append(edge.event)
+            if edge.event.__name__ not in events:
+                events.append(edge.event.__name__)
     return [(source, dest, " / ".join(events)) for (source, dest), events in labels.items()]
 
 

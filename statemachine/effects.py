@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
+
+from .status import Recovery
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,12 @@ class Dispatch:
 
 @dataclass(frozen=True)
 class CloseSession:
-    """Cancel the stream and close the channel of this session."""
+    """Cancel the stream and close the channel of this session. ``recovery`` is set when a
+    failure closed it: the adapter logs it as the policy says (statemachine/status.py)."""
 
     session: int
     reason: str
+    recovery: Optional[Recovery] = None
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,13 @@ class ChannelReady:
 
 @dataclass(frozen=True)
 class ConnectFailed:
-    """The channel could not be made ready (refused, timed out, CM not trusted)."""
+    """The channel could not be made ready (refused, timed out, CM not trusted).
+
+    ``code`` names the gRPC status the failure amounts to (statemachine/status.py)."""
 
     session: int
     reason: str
+    code: str = "UNAVAILABLE"
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,11 @@ class Processed:
 
 @dataclass(frozen=True)
 class StreamBroken:
-    """The stream ended: network, CM restart, garbage frame, keepalive timeout."""
+    """The stream ended: network, CM restart, keepalive timeout; ``code`` is its gRPC status name."""
 
     session: int
     reason: str
+    code: str = "UNKNOWN"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Tuple
+from typing import FrozenSet, Tuple, Type
+
+from .events import (
+    CertificatesChanged,
+    ChannelReady,
+    ConnectFailed,
+    Event,
+    MessageReceived,
+    Processed,
+    Registered,
+    RetryTimerFired,
+    Start,
+    Stop,
+    StreamBroken,
+)
 
 
 class State(Enum):
@@ -31,9 +45,9 @@ class State(Enum):
 
 @dataclass(frozen=True)
 class Edge:
-    """``event`` (an event class name) moves ``sources`` to ``dest``; ``action`` makes the effects."""
+    """``event`` (an event class) moves ``sources`` to ``dest``; ``action`` makes the effects."""
 
-    event: str
+    event: Type[Event]
     sources: Tuple[State, ...]
     dest: State
     action: str
@@ -44,31 +58,31 @@ _SESSION_STATES = (S.Connecting, S.Registering, S.Synced, S.Processing)
 
 EDGES: Tuple[Edge, ...] = (
     # DISCONNECTED -> CONNECTING: the agent starts.
-    Edge("Start", (S.Disconnected,), S.Connecting, "open_channel"),
+    Edge(Start, (S.Disconnected,), S.Connecting, "open_channel"),
     # CONNECTING -> REGISTERING: channel ready, CM verified; now write SMInfo first.
-    Edge("ChannelReady", (S.Connecting,), S.Registering, "open_stream"),
+    Edge(ChannelReady, (S.Connecting,), S.Registering, "open_stream"),
     # CONNECTING -> BACKOFF: refused, timed out, or CM not trusted (SMInfo never sent).
-    Edge("ConnectFailed", (S.Connecting,), S.Backoff, "retry_later"),
+    Edge(ConnectFailed, (S.Connecting,), S.Backoff, "retry_later"),
     # REGISTERING -> SYNCED: SMInfo and NodeInstancesStatus are out; backoff starts over.
-    Edge("Registered", (S.Registering,), S.Synced, "go_live"),
+    Edge(Registered, (S.Registering,), S.Synced, "go_live"),
     # SYNCED -> PROCESSING: a CM command is being handled.
-    Edge("MessageReceived", (S.Synced,), S.Processing, "dispatch"),
+    Edge(MessageReceived, (S.Synced,), S.Processing, "dispatch"),
     # PROCESSING -> SYNCED: its handler returned (long work continues in the subsystem).
-    Edge("Processed", (S.Processing,), S.Synced, "nothing"),
+    Edge(Processed, (S.Processing,), S.Synced, "nothing"),
     # REGISTERING/SYNCED/PROCESSING -> BACKOFF: the stream broke.
-    Edge("StreamBroken", (S.Registering, S.Synced, S.Processing), S.Backoff, "retry_later"),
+    Edge(StreamBroken, (S.Registering, S.Synced, S.Processing), S.Backoff, "retry_later"),
     # any session state, or BACKOFF itself -> BACKOFF: new certificates; reconnect at once.
-    Edge("CertificatesChanged", _SESSION_STATES + (S.Backoff,), S.Backoff, "retry_now"),
+    Edge(CertificatesChanged, _SESSION_STATES + (S.Backoff,), S.Backoff, "retry_now"),
     # BACKOFF -> CONNECTING: the backoff timer elapsed.
-    Edge("RetryTimerFired", (S.Backoff,), S.Connecting, "open_channel"),
+    Edge(RetryTimerFired, (S.Backoff,), S.Connecting, "open_channel"),
     # any -> DISCONNECTED: the agent stops.
-    Edge("Stop", tuple(State), S.Disconnected, "shut_down"),
+    Edge(Stop, tuple(State), S.Disconnected, "shut_down"),
 )
 
 # Events that a state does not take but that may legitimately race with it: they are answered
 # with an ``Ignored`` effect instead of an error. A certificate change while Disconnected
 # needs no reconnect; a Start while a session already runs is a no-op.
-TOLERATED = {
-    ("CertificatesChanged", S.Disconnected),
-    *(("Start", state) for state in State if state is not S.Disconnected),
-}
+TOLERATED: FrozenSet[Tuple[Type[Event], State]] = frozenset({
+    (CertificatesChanged, S.Disconnected),
+    *((Start, state) for state in State if state is not S.Disconnected),
+})

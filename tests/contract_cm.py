@@ -17,6 +17,8 @@ ends), when the SM cancels, or when the test calls ``close()``.
 from __future__ import annotations
 
 import queue
+import random
+import struct
 import threading
 import time
 from concurrent import futures
@@ -26,7 +28,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Union
 import grpc
 from google.protobuf.message import Message
 
-from contract import Contract, ContractCMError, kind_of, message_to_dict
+from contract import Contract, ContractCMError, kind_of, length_delimited_field, message_to_dict
 
 SERVICE_NAME = "servicemanager.v5.SMService"
 REGISTER_SM = f"/{SERVICE_NAME}/RegisterSM"
@@ -339,6 +341,44 @@ class ContractCM:
                 grpc.StatusCode.NOT_FOUND, f"unknown blob digest(s): {', '.join(missing)}"
             )
         return self.contract.blobs_infos(urls=[known[digest] for digest in digests])
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw frames a hostile or newer CM sends (``CMSession.send_raw`` puts them on the wire as given)
+# ---------------------------------------------------------------------------------------------
+
+
+def random_frames(seed: int, count: int, max_length: int = 48) -> Iterator[bytes]:
+    """``count`` random frames (up to ``max_length`` bytes), the same for the same seed.
+
+    Half are random bytes, most of them not protobuf at all. The other half select a request
+    kind (field 1 to 10 of SMIncomingMessages, well framed) around a random payload, so every
+    kind's undecodable path is hit; a few of those decode, as a hostile CM's mix would."""
+    rng = random.Random(seed)
+    for number in range(count):
+        payload = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, max_length)))
+        yield payload if number % 2 else length_delimited_field(rng.randint(1, 10), payload)
+
+
+def v91_update_instances(contract: Contract, item_id: str, *, instance: int = 0) -> bytes:
+    """An UpdateInstances as a CM of aos_core_api v9.1 encodes it: InstanceInfo field 12 holds
+    the instance's alert rules (an AlertRules message), where v5 has NetworkParameters.
+
+    The rules' thresholds are doubles whose bytes are not UTF-8, so read as v5's
+    ``network_parameters.network_id`` string they do not decode (protobuf checks proto3 strings)."""
+    info = contract.message_class("servicemanager.v5.InstanceInfo")()
+    info.instance.item_id = item_id
+    info.instance.subject_id = "subject1"
+    info.instance.instance = instance
+    info.version = "1.0.0"
+    info.runtime_id = "runc"
+    ram_rule = (length_delimited_field(1, b"\x08\x05")  # min_timeout: Duration{seconds: 5}
+                + b"\x11" + struct.pack("<d", 0.8)  # min_threshold
+                + b"\x19" + struct.pack("<d", 0.95))  # max_threshold
+    alert_rules = length_delimited_field(1, ram_rule)  # AlertRules.ram
+    instance_info = bytes(info.SerializeToString()) + length_delimited_field(12, alert_rules)
+    update_instances = length_delimited_field(1, instance_info)  # start_instances
+    return length_delimited_field(4, update_instances)  # SMIncomingMessages.update_instances
 
 
 # What the ``contract_cm_factory`` fixture yields: ``make(port=0, credentials=None) -> ContractCM``.

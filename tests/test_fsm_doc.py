@@ -46,7 +46,7 @@ def test_the_explanation_names_every_state_and_event() -> None:
     prose = DOC.split("```", 2)[2]
     for state in State:
         assert f"**{state.name}**" in prose, state.name
-    for event in {edge.event for edge in EDGES}:
+    for event in {edge.event.__name__ for edge in EDGES}:
         assert f"`{event}`" in prose, event
 
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from aos_sm.statemachine import InvalidTransition, SessionCore, State
+from aos_sm.statemachine import InvalidTransition, SessionCore, State, recovery_for
 from aos_sm.statemachine.effects import (
     CancelTimer,
     CloseSession,
@@ -75,7 +75,9 @@ def test_a_broken_stream_closes_the_session_and_backs_off(state_events: tuple[st
     for name in state_events:
         core.handle(events[name])
     broken = StreamBroken(1, "peer reset") if state_events else ConnectFailed(1, "refused")
-    assert core.handle(broken) == (CloseSession(1, broken.reason), StartTimer(1, 10.0))
+    assert core.handle(broken) == (
+        CloseSession(1, broken.reason, recovery_for(broken.code)), StartTimer(1, 10.0)
+    )
     assert core.state is State.Backoff
 
 

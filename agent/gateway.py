@@ -80,8 +80,8 @@ class Gateway:
         self._outbox = outbox
         self._connect_timeout = connect_timeout
         self._core = SessionCore(
-            reconnect_timeout=config.cm_reconnect_timeout,
-            reconnect_max_timeout=config.cm_reconnect_max_timeout,
+            reconnect_timeout=config.reconnect_first_wait,
+            reconnect_max_timeout=config.reconnect_cap,
             random=(random_source or random.Random()).random,
         )
         self._lock = threading.RLock()
@@ -219,7 +219,9 @@ class Gateway:
         self._sessions[number] = session
         log.info("connecting to CM at %s (%s, attempt %d)", self._target, self._config.tls_mode, number)
         try:
-            session.channel = rpc.make_channel(self._target, rpc.make_credentials(self._config))
+            session.channel = rpc.make_channel(
+                self._target, rpc.make_credentials(self._config),
+                rpc.reconnect_options(self._config.reconnect_first_wait, self._config.reconnect_cap))
         except AosError as err:
             self._events.append(ev.ConnectFailed(number, str(err)))
             return

@@ -67,7 +67,9 @@ def reconnect_options(first_wait: float, cap: float) -> List[Tuple[str, int]]:
     backoff.py): while a connect attempt waits for CM, the channel retries no slower than the
     agent's cap, so a returning CM is seen within it (PROTOCOL.md "Session")."""
     first_ms = max(100, int(first_wait * 1000))
-    cap_ms = max(first_ms, int(cap * 1000))
+    # gRPC jitters each of its backoffs by +-20 % (doc/connection-backoff.md): the cap is divided
+    # by 1.2 so a jittered retry still comes within the agent's cap.
+    cap_ms = max(first_ms, int(cap * 1000 / 1.2))
     return [("grpc.initial_reconnect_backoff_ms", first_ms), ("grpc.min_reconnect_backoff_ms", first_ms),
             ("grpc.max_reconnect_backoff_ms", cap_ms)]
 

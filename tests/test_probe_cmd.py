@@ -98,3 +98,22 @@ def test_live_probe_json_reports_this_machine(tmp_path: Path) -> None:
     memtotal_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                         if line.startswith("MemTotal:"))
     assert int(runtime["totalRam"]) == memtotal_kib * 1024
+
+
+def test_the_config_check_names_what_cm_limits_leave_out(tmp_path: Path) -> None:
+    resources = tmp_path / "resources.cfg"
+    resources.write_text(json.dumps([{"name": f"res{i}"} for i in range(6)]))
+    config = tmp_path / "sm.cfg"
+    config.write_text(json.dumps({"resourcesConfigFile": str(resources), "cmReconnectMaxTimeout": "1m"}))
+    code, out, err = _run(["--config", str(config), "--json"])
+    assert code == 0
+    document = json.loads(out)
+    assert [r["name"] for r in document["smInfo"]["resources"]] == ["res0", "res1", "res2", "res3"]
+    assert "aos-sm probe: SMInfo: resources 'res4', 'res5' left out: CM accepts at most 4 resources" in err
+    assert document["cuts"] == ["resources 'res4', 'res5' left out: CM accepts at most 4 resources"]
+    assert "aos-sm probe: config: cmReconnectMaxTimeout" in err
+
+
+def test_a_root_that_does_not_exist_exits_2(tmp_path: Path) -> None:
+    code, out, err = _run(["--root", str(tmp_path / "nowhere")])
+    assert code == 2 and out == "" and "nowhere" in err

@@ -260,6 +260,8 @@ def plan_registration(node: Node, resources: hw.ResourcesResult) -> Registration
 
 
 def iam_max_dmips_line(report: NodeCapacityReport) -> str:
-    """The line for IAM's node config: CM's scale is IAM's ``maxDmips`` and monitoring reports
-    CPU on this agent's ``maxDMIPS``, so both must be this one figure (PROTOCOL.md)."""
-    return f'"nodeInfo": {{"maxDmips": {report.max_dmips.value}}}'
+    """The line for IAM's config file: CM's scale is IAM's node info ``maxDmips`` and monitoring
+    reports CPU on this agent's ``maxDMIPS``, so both must be this one figure (PROTOCOL.md). The
+    reference IAM reads it as ``nodeInfo.maxDMIPS`` (keys case-insensitive; aos_core_iam_cpp
+    src/config/config.cpp ``ParseNodeInfoConfig``)."""
+    return f'"nodeInfo": {{"maxDMIPS": {report.max_dmips.value}}}'

@@ -226,7 +226,7 @@ def test_probe_prints_the_measured_dmips_and_the_line_for_iam() -> None:
     assert result.returncode == 0, result.stderr
     dmips = round(4 * 1500 * 4.9)
     assert f"measured {dmips}" in result.stdout
-    assert f'"nodeInfo": {{"maxDmips": {dmips}}}' in result.stdout
+    assert f'"nodeInfo": {{"maxDMIPS": {dmips}}}' in result.stdout
 
 
 def test_probe_with_a_root_that_does_not_exist_exits_2(tmp_path: Path) -> None:

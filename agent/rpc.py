@@ -70,8 +70,9 @@ def reconnect_options(first_wait: float, cap: float) -> List[Tuple[str, int]]:
     # gRPC jitters each of its backoffs by +-20 % (doc/connection-backoff.md): the cap is divided
     # by 1.2 so a jittered retry still comes within the agent's cap.
     cap_ms = max(first_ms, int(cap * 1000 / 1.2))
-    return [("grpc.initial_reconnect_backoff_ms", first_ms), ("grpc.min_reconnect_backoff_ms", first_ms),
-            ("grpc.max_reconnect_backoff_ms", cap_ms)]
+    # grpc.min_reconnect_backoff_ms stays as CHANNEL_OPTIONS has it: gRPC core uses it as the
+    # shortest connect deadline (TCP + TLS handshake), not as a wait.
+    return [("grpc.initial_reconnect_backoff_ms", first_ms), ("grpc.max_reconnect_backoff_ms", cap_ms)]
 
 
 def make_channel(target: str, credentials: Optional[grpc.ChannelCredentials],

@@ -114,3 +114,17 @@ def test_certificates_that_appear_later_are_picked_up(
     cert.write_bytes(tls_material.client.cert_pem())
     session = registered(cm, timeout=5.0)
     assert session.messages("sm_info")[0].node_id == "node-test"
+
+
+def test_the_channels_own_reconnect_backoff_stays_within_the_agents_cap() -> None:
+    """gRPC jitters its backoff by +-20 %: its cap is set so a jittered retry is still within
+    cmReconnectTimeout, and its first retry waits as long as the agent's first wait."""
+    from aos_sm.agent.rpc import reconnect_options
+
+    for first_wait, cap in ((0.5, 10.0), (0.05, 1.0), (0.2, 0.5)):
+        options = dict(reconnect_options(first_wait, cap))
+        assert options["grpc.max_reconnect_backoff_ms"] * 1.2 <= cap * 1000
+        assert options["grpc.initial_reconnect_backoff_ms"] == max(100, int(first_wait * 1000))
+        assert options["grpc.initial_reconnect_backoff_ms"] <= options["grpc.max_reconnect_backoff_ms"]
+    # Test configs' 100 ms caps: gRPC is not asked to retry more often than every 100 ms.
+    assert dict(reconnect_options(0.005, 0.1))["grpc.max_reconnect_backoff_ms"] == 100

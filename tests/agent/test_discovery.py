@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,6 @@ def test_programs_are_looked_up_inside_another_root(tmp_path: Path) -> None:
 
 def test_an_image_tree_with_runc_offers_it_and_one_without_offers_none(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    import shutil
-
     shutil.copytree(BOARDS / "imx8mq", root, symlinks=True)
     assert discover(parse_config("{}"), root).runtimes.types == ()
     (root / "usr/bin").mkdir(parents=True)

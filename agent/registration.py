@@ -173,7 +173,7 @@ def load_node_resources(node: Node) -> hw.ResourcesResult:
 def node_capacity_report(config: AgentConfig, capacity: hw.NodeCapacity) -> NodeCapacityReport:
     """max/total from the probes; allowed_* only when the operator reserved capacity, because an
     allowed_* > 0 makes CM use it as a fixed budget that ignores system load."""
-    max_source = "maxDMIPS (operator)" if config.max_dmips is not None else f"measured ({capacity.dmips_provenance})"
+    max_source = "maxDMIPS (operator)" if config.max_dmips is not None else f"measured: {capacity.dmips_provenance}"
     if config.reserve_dmips_percent > 0:
         allowed_dmips = CapacityFigure(capacity.allowed_dmips,
                                        f"systemReserve.dmipsPercent {config.reserve_dmips_percent:g} and the cgroup")

@@ -404,9 +404,9 @@ image() {
     printf '%s' "$probe" | python3 -c 'import json, sys
 d = json.load(sys.stdin)
 arch = d["arch"]  # the image has no OCI runtime, so SMInfo rightly registers none
-assert arch["architecture"] == "aarch64", arch
+assert (arch["architecture"], arch["machine"]) == ("arm64", "aarch64"), arch
 print("[arm64] image probe: arch", arch["architecture"], arch.get("variant", ""), "-", len(d["cpus"]), "cpus")' \
-        >&2 || die "aos-sm probe --json in $IMAGE does not report aarch64"
+        >&2 || die "aos-sm probe --json in $IMAGE does not report arm64 (uname aarch64)"
     [ "$user" = aos ] || die "$IMAGE runs as '$user', expected the non-root user aos"
     log "image $IMAGE: aos-sm runs as user $user on arm64"
 }

@@ -10,7 +10,6 @@ from typing import List, Optional, Tuple
 from aos_sm import hw
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
-from .capacity import probe_capacity, usable_runtimes
 from .cloud import CloudConnection
 from .config import AgentConfig
 from .dispatch import Dispatcher
@@ -26,7 +25,8 @@ from .nodeconfig_store import NodeConfigService
 from .messages import core_alert
 from .monitoring import Monitor
 from .outbox import Outbox
-from .sminfo import build_sm_info
+from .registration import (Node, RegistrationPlan, discover, load_node_resources, node_capacity_report,
+                           plan_registration)
 from .transport import BlobUrlClient, GrpcTransport, Transport
 from .unsupported import UnsupportedNetwork
 
@@ -70,29 +70,38 @@ class Agent:
 class _Registration:
     """SMInfo and NodeInstancesStatus for each (re)connect.
 
-    Capacity is probed once at start (the CPU does not change under a running agent); the
+    The node was discovered once at start (the CPU does not change under a running agent); the
     resources file is read on every connect, so an operator's fix applies at the next session.
+    Problems and CM's cuts are logged and sent as CoreAlerts when they change (the outbox keeps
+    them until the session is live, so CM sees them once registered).
     """
 
-    def __init__(self, config: AgentConfig, capacity: hw.NodeCapacity, runtimes: Tuple[str, ...],
-                 launcher: Launcher, outbox: Outbox, root: Path) -> None:
-        self._config = config
-        self._runtimes = runtimes
-        self._capacity = capacity
+    def __init__(self, node: Node, launcher: Launcher, outbox: Outbox, logged: Tuple[str, ...] = ()) -> None:
+        self._node = node
         self._launcher = launcher
         self._outbox = outbox
-        self._root = root
-        self._reported: Tuple[str, ...] = ()
+        self._logged = logged  # already in the log at start
+        self._alerted: Optional[Tuple[str, ...]] = None
 
     def __call__(self) -> Tuple[sm_pb2.SMInfo, sm_pb2.NodeInstancesStatus]:
-        resources = hw.load_resources(self._config.resources_config_file, self._root)
-        if resources.problems != self._reported:
-            for problem in resources.problems:
-                log.error("resources config: %s", problem)
-                self._outbox.send(core_alert(f"resources config: {problem}"))
-            self._reported = resources.problems
-        sm_info = build_sm_info(self._config.node_id, self._runtimes, self._capacity, resources)
-        return sm_info, self._launcher.node_instances_status()
+        resources = load_node_resources(self._node)
+        plan = plan_registration(self._node, resources)
+        notes = registration_notes(resources, plan)
+        if notes != self._logged:
+            for note in notes:
+                log.error("%s", note)
+            self._logged = notes
+        if notes != self._alerted:
+            for note in notes:
+                self._outbox.send(core_alert(note))
+            self._alerted = notes
+        return plan.sm_info, self._launcher.node_instances_status()
+
+
+def registration_notes(resources: hw.ResourcesResult, plan: RegistrationPlan) -> Tuple[str, ...]:
+    """Each resource problem and each cut CM's limits forced, one line (and CoreAlert) each."""
+    return tuple(f"resources config: {problem}" for problem in resources.problems) + \
+        tuple(f"SMInfo: {cut}" for cut in plan.cuts)
 
 
 def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path = Path("/"),
@@ -103,9 +112,14 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     if not address:
         raise ValueError("no CM address: set cmServerURL")
     outbox = Outbox()
-    capacity = probe_capacity(config, root)
+    node = discover(config, root)
+    config, capacity = node.config, node.capacity
     for warning in capacity.warnings:
         log.warning("hardware probe: %s", warning)
+    resources = load_node_resources(node)
+    start_notes = registration_notes(resources, plan_registration(node, resources))
+    for note in start_notes:
+        log.error("%s", note)
     node_config = NodeConfigService(config.node_config_file)
     if node_config.state == NodeConfigState.FAILED:
         outbox.send(core_alert(f"stored node config {config.node_config_file} is unreadable; state failed"))
@@ -116,7 +130,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     node_config.add_listener(monitor.on_node_config)
     # GetBlobsInfos over whichever session is live: the gateway attaches each one.
     blob_urls = BlobUrlClient()
-    usable = usable_runtimes(config, capacity.cgroups.mode)
+    usable = node.runtimes
     for problem in usable.problems:
         log.warning("%s", problem)
         outbox.send(core_alert(problem))
@@ -147,7 +161,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     gateway = Gateway(
         config,
         target=address,
-        registration=_Registration(config, capacity, runtime_types, launcher, outbox, root),
+        registration=_Registration(node, launcher, outbox, logged=start_notes),
         handler=dispatcher.handle_frame,
         outbox=outbox,
         transport=transport or GrpcTransport(config, address),
@@ -161,9 +175,12 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
 def describe(agent: Agent) -> List[str]:
     """A few lines a person reads at start-up: who we are and what we will register."""
     capacity = agent.capacity
+    report = node_capacity_report(agent.config, capacity)
     return [
-        f"node {agent.config.node_id}: {len(capacity.cpus)} CPUs, {capacity.max_dmips} DMIPS "
-        f"({capacity.dmips_provenance}), {capacity.total_ram // (1024 * 1024)} MiB RAM",
+        f"node {agent.config.node_id}: {len(capacity.cpus)} CPUs, {capacity.architecture}"
+        f"{'/' + capacity.arch_variant if capacity.arch_variant else ''}, {report.max_dmips.value} DMIPS "
+        f"({report.max_dmips.source}), {capacity.total_ram // (1024 * 1024)} MiB RAM; allowed DMIPS "
+        f"{report.allowed_dmips.value}, allowed RAM {report.allowed_ram.value // (1024 * 1024)} MiB",
         f"runtimes: {', '.join(agent.runtimes) or 'none usable'}; CM: {agent.config.cm_server_url or 'simulator'} "
         f"({agent.config.tls_mode})",
     ]

@@ -1,5 +1,5 @@
-"""The node's capacity and runtimes as the configuration asks for them: calls shared by `run` and
-`probe`, so `aos-sm probe` prints exactly what the agent registers."""
+"""The node's capacity and runtimes as the configuration asks for them; agent/registration.py calls
+these once for `run` and `probe` alike, so `aos-sm probe` prints exactly what the agent registers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,21 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from aos_sm import hw
 
-from .config import OCI_RUNTIMES, AgentConfig, runtime_unusable
+from .config import OCI_RUNTIMES, AgentConfig
 from .sminfo import runtime_id
+
+
+def runtime_unusable(name: str, cgroup_mode: str) -> Optional[str]:
+    """Why OCI runtime ``name`` cannot run containers on a node with this cgroup layout, or None.
+
+    crun (1.8, Debian bookworm) refuses hybrid layouts ("cgroups in hybrid mode not supported");
+    runc 1.1 runs on v1, hybrid and v2.
+    """
+    if cgroup_mode == "none":
+        return "no cgroup hierarchy is mounted (mount cgroup2 on /sys/fs/cgroup)"
+    if name == "crun" and cgroup_mode == "hybrid":
+        return "crun does not support hybrid cgroups (v1 controllers plus a v2 tree)"
+    return None
 
 
 def probe_capacity(config: AgentConfig, root: Path = Path("/")) -> hw.NodeCapacity:

@@ -3,21 +3,21 @@
 Keys are case-insensitive, as in the reference SM. A value of the wrong type or out of range is a
 ``ConfigError`` naming the key (the CLI exits with code 2 on it); an unknown key is a warning
 only, so that a config written for a newer agent still starts an older one.
+
+Parsing is pure: text in, a typed config or a ConfigError out. It never looks at the host (no
+cgroups, ``$PATH``, machine-id or journald socket): what is left unset here (``node_id`` "",
+``runtimes`` (), ``system_log`` None) is discovered once, under the probe root, by
+agent/registration.py. tests/test_config.py checks this module's imports.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
-
-from aos_sm.hw.cgroups import probe_cgroup_layout
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .durations import parse_duration
 from .errors import AosError, ConfigError
@@ -50,7 +50,20 @@ _KNOWN: Dict[str, Any] = {
     "runtimes": None,
     "journalalerts": {"filter": None, "systemalertpriority": None, "servicealertpriority": None},
     "imagettl": None,
+    "architecture": None,
+    "architecturevariant": None,
+    "osversion": None,
 }
+
+# CM's fixed-size fields (PROTOCOL.md "Limits of the real CM"): a longer id or arch makes the real
+# CM drop the whole SMInfo, a longer version aborts a debug CM.
+MAX_ID_CHARS = 64
+MAX_ARCH_CHARS = 16
+MAX_OS_VERSION_CHARS = 32
+
+# The first reconnect wait is this share of cmReconnectTimeout (0.5 s by default): short, so a
+# CM restart is noticed at once; the backoff then doubles up to the cap.
+FIRST_WAIT_SHARE = 1 / 20
 
 JOURNALD = "journald"
 
@@ -67,11 +80,22 @@ class JournalAlertsConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeSettings:
+    """One ``runtimes[]`` entry. ``allowed_dmips``/``allowed_ram`` (bytes) reserve a fixed budget
+    for the runtime; CM then ignores system load for it (PROTOCOL.md "Capacity semantics"), so
+    they are None unless the operator sets them."""
+
+    type: str
+    allowed_dmips: Optional[int] = None
+    allowed_ram: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class AgentConfig:
-    node_id: str
+    node_id: str  # "" when not configured: discovered (machine-id, else hostname) under the root
     cm_server_url: Optional[str] = None
     cm_reconnect_timeout: float = 10.0
-    cm_reconnect_max_timeout: float = 60.0
+    cm_reconnect_max_timeout: Optional[float] = None  # the backoff cap; None: cmReconnectTimeout
     tls_mode: str = "mtls"
     ca_cert: Optional[Path] = None
     cert_file: Optional[Path] = None
@@ -91,12 +115,29 @@ class AgentConfig:
     uplink_interfaces: Optional[Tuple[str, ...]] = None
     max_part_size: int = 262144
     max_part_count: int = 80
-    system_log: str = "/var/log/messages"
+    system_log: Optional[str] = None  # None: discovered (journald where it runs, else the file)
     journal_alerts: JournalAlertsConfig = JournalAlertsConfig()
-    runtimes: Tuple[str, ...] = ()
+    runtimes: Tuple[str, ...] = ()  # (): the OCI runtimes discovered on the node
+    runtime_settings: Tuple[RuntimeSettings, ...] = ()
+    architecture: Optional[str] = None  # GOARCH override of the probe (the IAM key name)
+    architecture_variant: Optional[str] = None
+    os_version: Optional[str] = None  # os_info.version as configured; else the kernel release
     image_ttl: float = 24 * 3600.0
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     warnings: Tuple[str, ...] = ()
+
+    @property
+    def reconnect_cap(self) -> float:
+        """The longest wait between two connect attempts: ``cmReconnectMaxTimeout``, by default
+        ``cmReconnectTimeout``, so the node is back within it once CM returns (PROTOCOL.md)."""
+        if self.cm_reconnect_max_timeout is not None:
+            return self.cm_reconnect_max_timeout
+        return self.cm_reconnect_timeout
+
+    @property
+    def reconnect_first_wait(self) -> float:
+        """The wait after the first failure; the backoff grows from it to ``reconnect_cap``."""
+        return min(self.cm_reconnect_timeout * FIRST_WAIT_SHARE, self.reconnect_cap)
 
     @property
     def certificate_files(self) -> Tuple[Path, ...]:
@@ -187,48 +228,10 @@ class _Reader:
         return value
 
 
-def default_node_id(root: Path = Path("/")) -> str:
-    """``/etc/machine-id`` where the node has one (systemd, most Buildroot images), else the hostname."""
-    try:
-        machine_id = (root / "etc/machine-id").read_text().strip()
-    except OSError:
-        machine_id = ""
-    return machine_id or socket.gethostname()
-
-
-def runtime_unusable(name: str, cgroup_mode: str) -> Optional[str]:
-    """Why OCI runtime ``name`` cannot run containers on a node with this cgroup layout, or None.
-
-    crun (1.8, Debian bookworm) refuses hybrid layouts ("cgroups in hybrid mode not supported");
-    runc 1.1 runs on v1, hybrid and v2.
-    """
-    if cgroup_mode == "none":
-        return "no cgroup hierarchy is mounted (mount cgroup2 on /sys/fs/cgroup)"
-    if name == "crun" and cgroup_mode == "hybrid":
-        return "crun does not support hybrid cgroups (v1 controllers plus a v2 tree)"
-    return None
-
-
-def detect_runtimes(which: Callable[[str], Optional[str]] = shutil.which, cgroup_mode: Optional[str] = None,
-                    root: Path = Path("/")) -> Tuple[str, ...]:
-    """The OCI runtimes installed on the node that can run on its cgroup layout. Empty when there
-    is none: SMInfo then honestly offers no runtime rather than one that cannot start anything."""
-    mode = cgroup_mode if cgroup_mode is not None else probe_cgroup_layout(root).mode
-    return tuple(name for name in OCI_RUNTIMES if which(name) and runtime_unusable(name, mode) is None)
-
-
-def detect_system_log(root: Path = Path("/"), which: Callable[[str], Optional[str]] = shutil.which) -> str:
-    """``journald`` where it runs (its socket exists) and journalctl can read it, else the file
-    busybox syslogd writes on Buildroot images."""
-    if (root / "run/systemd/journal/socket").exists() and which("journalctl"):
-        return JOURNALD
-    return "/var/log/messages"
-
-
-def _system_log(reader: _Reader, root: Path) -> str:
+def _system_log(reader: _Reader) -> Optional[str]:
     value = reader.string("logging.systemLog")
     if value is None:
-        return detect_system_log(root)
+        return None
     if value.lower() == JOURNALD:
         return JOURNALD
     if not value.startswith("/"):
@@ -259,19 +262,44 @@ def _journal_alerts(reader: _Reader) -> JournalAlertsConfig:
     )
 
 
-def _runtimes(reader: _Reader) -> Tuple[str, ...]:
+def _runtimes(reader: _Reader) -> Tuple[RuntimeSettings, ...]:
     value = reader.get("runtimes")
     if value is None:
         return ()
     if not isinstance(value, list):
         raise ConfigError("runtimes", f"expected a list of {{\"type\": ...}}, got {json.dumps(value)}")
-    types = []
+    runtimes: List[RuntimeSettings] = []
     for index, entry in enumerate(value):
         kind = entry.get("type") if isinstance(entry, dict) else None
         if not isinstance(kind, str) or not kind.strip():
             raise ConfigError(f"runtimes[{index}].type", f"expected a runtime type, got {json.dumps(entry)}")
-        types.append(kind.strip())
-    return tuple(types)
+        assert isinstance(entry, dict)
+        if kind.strip() in (known.type for known in runtimes):
+            raise ConfigError(f"runtimes[{index}].type", f"runtime {kind.strip()!r} is listed twice")
+        item = _Reader(entry)
+        runtimes.append(RuntimeSettings(
+            type=kind.strip(),
+            allowed_dmips=_positive_or_none(item, "allowedDMIPS", f"runtimes[{index}].allowedDMIPS"),
+            allowed_ram=_positive_or_none(item, "allowedRAM", f"runtimes[{index}].allowedRAM"),
+        ))
+    return tuple(runtimes)
+
+
+def _positive_or_none(reader: _Reader, key: str, name: str) -> Optional[int]:
+    value = reader.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+        raise ConfigError(name, f"expected a positive whole number, got {json.dumps(value)}")
+    return value
+
+
+def _bounded(reader: _Reader, key: str, limit: int) -> Optional[str]:
+    """A string CM keeps in a fixed-size field: refused when longer than CM accepts."""
+    value = reader.string(key)
+    if value is not None and len(value) > limit:
+        raise ConfigError(key, f"{len(value)} chars; CM accepts at most {limit}: {value[:limit]}...")
+    return value
 
 
 DEFAULT_PARTITION = "workingDir"
@@ -306,8 +334,9 @@ def _uplink_interfaces(reader: _Reader) -> Optional[Tuple[str, ...]]:
     return tuple(v.strip() for v in value)
 
 
-def parse_config(text: str, *, root: Path = Path("/")) -> AgentConfig:
-    """Parse the JSON text of a config file; raises ConfigError naming the bad key."""
+def parse_config(text: str) -> AgentConfig:
+    """Parse the JSON text of a config file; raises ConfigError naming the bad key. Pure: reads
+    nothing but ``text``."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -329,11 +358,17 @@ def parse_config(text: str, *, root: Path = Path("/")) -> AgentConfig:
                 raise ConfigError(key, "required with tlsMode \"mtls\" (set tlsMode \"plaintext\" for development)")
     working_dir = reader.path("workingDir") or AgentConfig.working_dir
     reconnect = reader.seconds("cmReconnectTimeout", 10.0)
-    reconnect_max = reader.seconds("cmReconnectMaxTimeout", max(60.0, reconnect))
-    if reconnect_max < reconnect:
-        raise ConfigError("cmReconnectMaxTimeout", "must not be shorter than cmReconnectTimeout")
+    reconnect_max: Optional[float] = None
+    if reader.get("cmReconnectMaxTimeout") is not None:
+        reconnect_max = reader.seconds("cmReconnectMaxTimeout", reconnect)
+        if reconnect_max > reconnect:
+            warnings.append(
+                f"cmReconnectMaxTimeout {reconnect_max:g}s is longer than cmReconnectTimeout {reconnect:g}s: "
+                "after an outage the node may re-register that late, and CM marks a node in error when "
+                "its SM is not back within 1 minute of CM's start")
+    runtimes = _runtimes(reader)
     return AgentConfig(
-        node_id=reader.string("nodeId") or default_node_id(root),
+        node_id=_bounded(reader, "nodeId", MAX_ID_CHARS) or "",
         cm_server_url=cm_server_url,
         cm_reconnect_timeout=reconnect,
         cm_reconnect_max_timeout=reconnect_max,
@@ -354,22 +389,34 @@ def parse_config(text: str, *, root: Path = Path("/")) -> AgentConfig:
         uplink_interfaces=_uplink_interfaces(reader),
         max_part_size=reader.integer("logging.maxPartSize", 262144, low=1024, high=64 * 1024 * 1024),
         max_part_count=reader.integer("logging.maxPartCount", 80, low=1, high=100000),
-        system_log=_system_log(reader, root),
+        system_log=_system_log(reader),
         journal_alerts=_journal_alerts(reader),
-        runtimes=_runtimes(reader) or detect_runtimes(root=root),
+        runtimes=tuple(runtime.type for runtime in runtimes),
+        runtime_settings=runtimes,
+        architecture=_bounded(reader, "architecture", MAX_ARCH_CHARS),
+        architecture_variant=_variant(reader),
+        os_version=_bounded(reader, "osVersion", MAX_OS_VERSION_CHARS),
         image_ttl=reader.seconds("imageTTL", 24 * 3600.0, positive=False),
         raw=data,
         warnings=tuple(warnings),
     )
 
 
+def _variant(reader: _Reader) -> Optional[str]:
+    """``architectureVariant``; "" is a real value here (amd64 has no variant)."""
+    value = reader.get("architectureVariant")
+    if value == "":
+        return ""
+    return _bounded(reader, "architectureVariant", MAX_ARCH_CHARS)
+
+
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
-def load_config(path: Path, *, root: Path = Path("/")) -> AgentConfig:
+def load_config(path: Path) -> AgentConfig:
     """Read and parse a config file; a missing, unreadable or oversized file is a ConfigError."""
     try:
-        size = os.stat(path).st_size
+        size = Path(path).stat().st_size
         if size > MAX_CONFIG_BYTES:
             raise ConfigError("(file)", f"{path} is {size} bytes; a config is at most {MAX_CONFIG_BYTES}")
         text = Path(path).read_text(encoding="utf-8")
@@ -377,4 +424,4 @@ def load_config(path: Path, *, root: Path = Path("/")) -> AgentConfig:
         raise ConfigError("(file)", f"cannot read {path}: {err.strerror or err}") from err
     except UnicodeDecodeError as err:
         raise ConfigError("(file)", f"{path} is not UTF-8 text: {err}") from err
-    return parse_config(text, root=root)
+    return parse_config(text)

@@ -90,8 +90,8 @@ class Gateway:
         self._clock = clock
         self._problem_log = RateLimiter(PROBLEM_LOG_INTERVAL)
         self._core = SessionCore(
-            reconnect_timeout=config.cm_reconnect_timeout,
-            reconnect_max_timeout=config.cm_reconnect_max_timeout,
+            reconnect_timeout=config.reconnect_first_wait,
+            reconnect_max_timeout=config.reconnect_cap,
             random=(random_source or random.Random()).random,
         )
         self._lock = threading.RLock()

@@ -1,27 +1,29 @@
 """`aos-sm probe [--config FILE] [--root DIR] [--json]`: what this node would register.
 
 For board bring-up: every core with its identity, clock, DMIPS and provenance, the cgroup layout
-and limits, and the SMInfo the agent would send. `--root` probes a fixture tree or a mounted
-image instead of `/`. Output goes to stdout (it is the command's product); resource problems and
-probe warnings go to stderr. Exit 0 when the node could be probed.
+and limits, the node's capacity with where each figure comes from, the SMInfo the agent would
+send (built by agent/registration.py, as `aos-sm run` builds it) and the `maxDmips` line for IAM's
+config. `--root` probes a fixture tree or a mounted image instead of `/`. Output goes to stdout
+(it is the command's product); resource problems, CM's cuts and probe warnings go to stderr.
+Exit 0 when the node could be probed, 2 on a bad config or a --root that is not a directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from google.protobuf.json_format import MessageToDict
 
-from aos_sm.hw import CoreInfo, NodeCapacity, ResourcesResult, load_resources
+from aos_sm.hw import CoreInfo, NodeCapacity, ResourcesResult
 
-from .capacity import probe_capacity, usable_runtimes
 from .config import AgentConfig, load_config, parse_config
-from .sminfo import build_sm_info
+from .errors import ConfigError
+from .registration import (CapacityFigure, NodeCapacityReport, RegistrationPlan, discover, iam_max_dmips_line,
+                           load_node_resources, plan_registration)
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -35,10 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace) -> AgentConfig:
     """From --config when given (a ConfigError propagates to the CLI: exit 2), else the defaults
     the agent itself would run with, so the probe shows exactly what `aos-sm run` registers."""
-    root: Path = args.root
     if args.config is None:
-        return parse_config("{}", root=root)
-    return load_config(args.config, root=root)
+        return parse_config("{}")
+    return load_config(args.config)
 
 
 def _core_json(core: CoreInfo, usable: Sequence[int]) -> dict[str, Any]:
@@ -69,13 +70,24 @@ def _gib(value: int) -> str:
     return f"{value / (1 << 30):.2f} GiB"
 
 
-def _write_table(out: TextIO, capacity: NodeCapacity, settings: AgentConfig, runtimes: Sequence[str],
+def _figure_json(figure: CapacityFigure) -> dict[str, Any]:
+    return {"value": figure.value, "source": figure.source}
+
+
+def _capacity_json(report: NodeCapacityReport) -> dict[str, Any]:
+    return {"maxDMIPS": _figure_json(report.max_dmips), "allowedDMIPS": _figure_json(report.allowed_dmips),
+            "totalRAM": _figure_json(report.total_ram), "allowedRAM": _figure_json(report.allowed_ram)}
+
+
+def _write_table(out: TextIO, capacity: NodeCapacity, settings: AgentConfig, plan: RegistrationPlan,
                  resources: ResourcesResult) -> None:
-    layout = capacity.cgroups
+    layout, report = capacity.cgroups, plan.capacity
     limited = ", ".join(f"{name} v{version}" for name, version in layout.limiting) or "nothing"
+    runtime = plan.sm_info.runtimes[0] if plan.sm_info.runtimes else None
     out.write(f"node       {settings.node_id}\n")
-    out.write(f"os         {capacity.os_name} {capacity.os_version}   arch {capacity.architecture}"
-              f"{' (' + capacity.arch_variant + ')' if capacity.arch_variant else ''}\n")
+    out.write(f"os         {capacity.os_name} {runtime.os_info.version if runtime else capacity.os_version}   "
+              f"arch {settings.architecture or capacity.architecture}"
+              f"{'/' + capacity.arch_variant if capacity.arch_variant else ''} (uname {capacity.machine or '?'})\n")
     out.write(f"cgroups    {layout.mode}; limited by: {limited}; features {' '.join(capacity.os_features) or '-'}\n\n")
     header = f"{'cpu':>3}  {'core':<24} {'part':>6} {'MHz':>7} {'from':<15} {'cap':>5} {'cl':>2} {'DMIPS/MHz':>9} {'DMIPS':>8}  provenance\n"
     out.write(header)
@@ -87,45 +99,62 @@ def _write_table(out: TextIO, capacity: NodeCapacity, settings: AgentConfig, run
             f"{core.capacity if core.capacity is not None else '-':>5} {core.cluster:>2} {core.dmips_per_mhz:>9.3g} "
             f"{core.dmips:>8.0f}  {core.provenance}{flag}\n"
         )
-    out.write(f"\nDMIPS      max {capacity.max_dmips}  allowed {capacity.allowed_dmips}  ({capacity.dmips_provenance})\n")
-    out.write(f"RAM        total {_gib(capacity.total_ram)}  allowed {_gib(capacity.allowed_ram)}\n")
-    out.write(f"runtimes   {', '.join(runtimes) or '-'}\n")
-    names = ", ".join(f"{r.name} (shared {r.shared_count})" for r in resources.resources)
+    out.write(f"\nDMIPS      measured {_measured(capacity)}  max {report.max_dmips.value} ({report.max_dmips.source})  "
+              f"allowed {report.allowed_dmips.value} ({report.allowed_dmips.source})\n")
+    out.write(f"RAM        total {_gib(report.total_ram.value)}  allowed {_gib(report.allowed_ram.value)} "
+              f"({report.allowed_ram.source})\n")
+    out.write(f"runtimes   {', '.join(r.type for r in plan.sm_info.runtimes) or '-'}\n")
+    names = ", ".join(f"{r.name} (shared {r.shared_count})" for r in plan.sm_info.resources)
     out.write(f"resources  {names or '-'}\n")
+    out.write(f"\nIAM        set the same figure in IAM's node config (CM schedules on it, monitoring reports on it):\n"
+              f"           {iam_max_dmips_line(report)}\n")
+
+
+def _measured(capacity: NodeCapacity) -> int:
+    """The probes' own total, also when the operator's maxDMIPS overrides it."""
+    return round(sum(core.dmips for core in capacity.cpus if core.online))
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    settings = settings_from(args)
     root: Path = args.root
     try:
-        capacity = probe_capacity(settings, root)
-    except ValueError as error:
+        settings = settings_from(args)
+        node = discover(settings, root)
+    except ConfigError as error:
         err.write(f"aos-sm probe: {error}\n")
         return EXIT_USAGE
-    resources = load_resources(root / str(settings.resources_config_file).lstrip("/"), root)
-    # A fixture tree or a mounted image: its programs are not on this host's PATH, so there its
-    # configured OCI runtimes are judged by the tree's cgroup layout alone.
-    which = shutil.which if root == Path("/") else (lambda name: name)
-    runtimes = usable_runtimes(settings, capacity.cgroups.mode, which)
-    sm_info = build_sm_info(settings.node_id, runtimes.types, capacity, resources)
-    for problem in runtimes.problems:
+    settings, capacity = node.config, node.capacity
+    resources = load_node_resources(node)
+    plan = plan_registration(node, resources)
+    for warning in settings.warnings:
+        err.write(f"aos-sm probe: config: {warning}\n")
+    for problem in node.runtimes.problems:
         err.write(f"aos-sm probe: {problem}\n")
     for problem in resources.problems:
         err.write(f"aos-sm probe: resources: {problem}\n")
+    for cut in plan.cuts:
+        err.write(f"aos-sm probe: SMInfo: {cut}\n")
     for warning in capacity.warnings:
         err.write(f"aos-sm probe: warning: {warning}\n")
     if args.json:
         document = {
-            "smInfo": MessageToDict(sm_info),
+            "smInfo": MessageToDict(plan.sm_info),
             # Also outside SMInfo, which carries it only per registered runtime (a node may have none).
-            "arch": {"architecture": capacity.architecture, "variant": capacity.arch_variant},
+            "arch": {"architecture": settings.architecture or capacity.architecture,
+                     "variant": capacity.arch_variant if settings.architecture_variant is None
+                     else settings.architecture_variant,
+                     "machine": capacity.machine},
+            "capacity": _capacity_json(plan.capacity),
+            "measuredDMIPS": _measured(capacity),
+            "iamConfig": iam_max_dmips_line(plan.capacity),
             "cpus": [_core_json(core, capacity.usable_cpus) for core in capacity.cpus],
             "cgroups": _cgroups_json(capacity),
             "dmipsProvenance": capacity.dmips_provenance,
             "warnings": list(capacity.warnings),
             "resourceProblems": list(resources.problems),
+            "cuts": list(plan.cuts),
         }
         out.write(json.dumps(document, indent=2) + "\n")
     else:
-        _write_table(out, capacity, settings, runtimes.types, resources)
+        _write_table(out, capacity, settings, plan, resources)
     return EXIT_OK

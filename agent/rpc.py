@@ -7,7 +7,7 @@ grpcio 1.51 (Debian bookworm) without grpcio-tools' version checks in generated 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import grpc
 
@@ -62,10 +62,26 @@ def make_credentials(config: AgentConfig) -> Optional[grpc.ChannelCredentials]:
     )
 
 
-def make_channel(target: str, credentials: Optional[grpc.ChannelCredentials]) -> grpc.Channel:
+def reconnect_options(first_wait: float, cap: float) -> List[Tuple[str, int]]:
+    """gRPC's own reconnect backoff inside a channel, matched to the agent's (statemachine/
+    backoff.py): while a connect attempt waits for CM, the channel retries no slower than the
+    agent's cap, so a returning CM is seen within it (PROTOCOL.md "Session")."""
+    first_ms = max(100, int(first_wait * 1000))
+    # gRPC jitters each of its backoffs by +-20 % (doc/connection-backoff.md): the cap is divided
+    # by 1.2 so a jittered retry still comes within the agent's cap.
+    cap_ms = max(first_ms, int(cap * 1000 / 1.2))
+    # grpc.min_reconnect_backoff_ms stays as CHANNEL_OPTIONS has it: gRPC core uses it as the
+    # shortest connect deadline (TCP + TLS handshake), not as a wait.
+    return [("grpc.initial_reconnect_backoff_ms", first_ms), ("grpc.max_reconnect_backoff_ms", cap_ms)]
+
+
+def make_channel(target: str, credentials: Optional[grpc.ChannelCredentials],
+                 overrides: Sequence[Tuple[str, int]] = ()) -> grpc.Channel:
+    """A channel with CHANNEL_OPTIONS, each replaced by an override of the same name."""
+    options = list({**dict(CHANNEL_OPTIONS), **dict(overrides)}.items())
     if credentials is None:
-        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-    return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def get_blobs_infos(

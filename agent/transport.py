@@ -166,7 +166,9 @@ class GrpcTransport:
             credentials = rpc.make_credentials(self._config)
         except AosError as err:
             raise TransportFailure("FAILED_PRECONDITION", str(err)) from err
-        return GrpcConnection(rpc.make_channel(self.target, credentials))
+        return GrpcConnection(rpc.make_channel(
+            self.target, credentials,
+            rpc.reconnect_options(self._config.reconnect_first_wait, self._config.reconnect_cap)))
 
 
 def _status(err: grpc.RpcError) -> Tuple[str, str]:

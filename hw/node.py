@@ -32,12 +32,13 @@ class NodeCapacity:
     os_name: str
     os_version: str
     os_features: tuple[str, ...]
-    architecture: str
+    architecture: str  # GOARCH, as CM compares it with image configs (hw/osinfo.py)
     arch_variant: str
     cgroups: CgroupLayout
     cgroup_limits: CgroupLimits
     usable_cpus: tuple[int, ...]  # online and in the workloads' cpuset
     warnings: tuple[str, ...]
+    machine: str = ""  # `uname -m`, for people only
 
 
 def quota_dmips(cores: list[CoreInfo], quota_cpus: float) -> float:
@@ -124,4 +125,5 @@ def probe_node(
         os_name=os_arch.os_name, os_version=os_arch.os_version, os_features=layout.features,
         architecture=os_arch.architecture, arch_variant=os_arch.arch_variant, cgroups=layout,
         cgroup_limits=limits, usable_cpus=tuple(c.index for c in usable), warnings=tuple(warnings),
+        machine=os_arch.machine,
     )

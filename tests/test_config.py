@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -9,18 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from aos_sm.agent.config import JournalAlertsConfig, detect_runtimes, detect_system_log, load_config, parse_config
+from aos_sm.agent import config as config_module
+from aos_sm.agent.config import AgentConfig, JournalAlertsConfig, RuntimeSettings, load_config, parse_config
 from aos_sm.agent.errors import ConfigError
 
 
-def parse(data: dict, root: Path = Path("/")) -> object:
-    return parse_config(json.dumps(data), root=root)
+def parse(data: dict) -> AgentConfig:
+    return parse_config(json.dumps(data))
 
 
 def test_defaults_follow_the_reference() -> None:
     config = parse_config("{}")
     assert config.cm_reconnect_timeout == 10.0
-    assert config.cm_reconnect_max_timeout == 60.0
+    assert config.cm_reconnect_max_timeout is None
+    assert config.reconnect_cap == 10.0  # CM wants the node back within ~10 s of its return
+    assert config.reconnect_first_wait == 0.5
     assert config.tls_mode == "mtls"
     assert config.node_config_file == config.working_dir / "aos_node.cfg"
     assert config.resources_config_file == Path("/etc/aos/resources.cfg")
@@ -37,18 +41,63 @@ def test_keys_are_case_insensitive_and_durations_take_every_form() -> None:
     assert config.cm_server_url == "cm:8093"
     assert config.tls_mode == "plaintext"
     assert config.cm_reconnect_timeout == 1.5
-    assert config.cm_reconnect_max_timeout == 120.0
+    assert config.cm_reconnect_max_timeout == 120.0 == config.reconnect_cap
+    assert any("cmReconnectMaxTimeout" in warning and "1 minute" in warning for warning in config.warnings)
     assert (config.poll_period, config.average_window) == (5.0, 90.0)
     assert config.max_part_size == 4096
     assert config.node_config_file == Path("/tmp/sm/aos_node.cfg")
 
 
-def test_node_id_defaults_to_machine_id_then_hostname(tmp_path: Path) -> None:
-    (tmp_path / "etc").mkdir()
-    assert parse_config("{}", root=tmp_path).node_id  # hostname
-    (tmp_path / "etc/machine-id").write_text("0123456789abcdef\n")
-    assert parse_config("{}", root=tmp_path).node_id == "0123456789abcdef"
-    assert parse_config('{"nodeId": "main"}', root=tmp_path).node_id == "main"
+def test_what_the_config_leaves_unset_stays_unset_for_discovery() -> None:
+    """node id, runtimes and the system log come from the host, found by agent/registration.py."""
+    config = parse_config("{}")
+    assert (config.node_id, config.runtimes, config.system_log) == ("", (), None)
+    assert (config.architecture, config.architecture_variant, config.os_version) == (None, None, None)
+    assert parse_config('{"nodeId": "main"}').node_id == "main"
+
+
+def test_a_lower_reconnect_cap_is_taken_and_the_first_wait_stays_under_it() -> None:
+    config = parse({"cmReconnectTimeout": "1s", "cmReconnectMaxTimeout": "200ms"})
+    assert (config.reconnect_cap, config.reconnect_first_wait) == (0.2, 0.05)
+    assert config.warnings == ()
+    assert parse({"cmReconnectTimeout": "1s"}).reconnect_cap == 1.0
+
+
+def test_platform_overrides_use_the_iam_key_names_within_cm_limits() -> None:
+    config = parse({"architecture": "arm", "ArchitectureVariant": "v7", "osVersion": "12"})
+    assert (config.architecture, config.architecture_variant, config.os_version) == ("arm", "v7", "12")
+    assert parse({"architectureVariant": ""}).architecture_variant == ""
+
+
+def test_runtimes_carry_reserved_budgets_only_when_set() -> None:
+    config = parse({"runtimes": [{"type": "runc", "allowedDMIPS": 5000, "AllowedRAM": 1 << 30}, {"type": "crun"}]})
+    assert config.runtime_settings == (RuntimeSettings("runc", 5000, 1 << 30), RuntimeSettings("crun"))
+    assert config.runtimes == ("runc", "crun")
+
+
+def test_the_parser_never_looks_at_the_host() -> None:
+    """Parsing is text in, config out (issue 11): no hw/ probes, no filesystem checks, no
+    subprocess, no $PATH or hostname lookups in agent/config.py."""
+    tree = ast.parse(Path(config_module.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(("." * node.level) + (node.module or ""))
+    forbidden_modules = {"os", "os.path", "shutil", "socket", "subprocess", "glob", "platform"}
+    assert not imported & forbidden_modules, imported & forbidden_modules
+    assert not any("hw" in name.split(".") for name in imported), imported
+    host_calls = {"exists", "is_file", "is_dir", "which", "gethostname", "glob", "iterdir", "access",
+                  "uname", "run", "Popen", "check_output", "listdir", "scandir"}
+    called = {node.func.attr for node in ast.walk(tree)
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+    assert not called & host_calls, called & host_calls
+    # The only file access is load_config reading the file it is given.
+    readers = [node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)
+               and any(isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                       and call.func.attr in ("read_text", "stat", "open") for call in ast.walk(node))]
+    assert readers == ["load_config"]
 
 
 @pytest.mark.parametrize(
@@ -56,7 +105,14 @@ def test_node_id_defaults_to_machine_id_then_hostname(tmp_path: Path) -> None:
     [
         ({"cmReconnectTimeout": "soon"}, "cmReconnectTimeout"),
         ({"cmReconnectTimeout": "0s"}, "cmReconnectTimeout"),
-        ({"cmReconnectTimeout": "10s", "cmReconnectMaxTimeout": "5s"}, "cmReconnectMaxTimeout"),
+        ({"cmReconnectMaxTimeout": "0s"}, "cmReconnectMaxTimeout"),
+        ({"nodeId": "n" * 65}, "nodeId"),
+        ({"osVersion": "6.1.0-13-arm64-with-a-very-long-suffix"}, "osVersion"),
+        ({"architecture": "aarch64-with-a-long-name"}, "architecture"),
+        ({"architectureVariant": 8}, "architectureVariant"),
+        ({"runtimes": [{"type": "runc", "allowedDMIPS": -1}]}, "runtimes[0].allowedDMIPS"),
+        ({"runtimes": [{"type": "runc", "allowedRAM": "1G"}]}, "runtimes[0].allowedRAM"),
+        ({"runtimes": [{"type": "runc"}, {"type": "runc"}]}, "runtimes[1].type"),
         ({"tlsMode": "maybe"}, "tlsMode"),
         ({"cmServerURL": 8093}, "cmServerURL"),
         ({"cmServerURL": "cm:8093"}, "caCert"),
@@ -96,16 +152,9 @@ def test_unknown_keys_are_warnings_not_errors() -> None:
                                "unknown configuration key 'monitoring.x' ignored")
 
 
-def test_the_system_log_is_the_configured_one_else_what_the_node_has(tmp_path: Path) -> None:
+def test_the_system_log_is_the_configured_one() -> None:
     assert parse({"logging": {"systemLog": "JournalD"}}).system_log == "journald"
     assert parse({"logging": {"systemLog": "/var/log/syslog"}}).system_log == "/var/log/syslog"
-    journalctl = lambda name: "/usr/bin/journalctl"  # noqa: E731
-    assert detect_system_log(tmp_path, journalctl) == "/var/log/messages"
-    (tmp_path / "run/systemd/journal").mkdir(parents=True)
-    (tmp_path / "run/systemd/journal/socket").touch()
-    assert detect_system_log(tmp_path, journalctl) == "journald"
-    assert detect_system_log(tmp_path, lambda name: None) == "/var/log/messages"
-    assert parse({}, root=tmp_path).system_log in ("journald", "/var/log/messages")
 
 
 def test_journal_alerts_follow_the_reference_defaults_and_keys() -> None:
@@ -116,15 +165,8 @@ def test_journal_alerts_follow_the_reference_defaults_and_keys() -> None:
     assert config.warnings == ()
 
 
-def test_runtimes_come_from_the_config_or_from_what_is_installed() -> None:
+def test_runtimes_come_from_the_config() -> None:
     assert parse({"runtimes": [{"type": "runc"}, {"TYPE": "crun"}]}).runtimes == ("runc", "crun")
-    assert detect_runtimes(lambda name: "/usr/bin/runc" if name == "runc" else None, "v2") == ("runc",)
-    # Nothing installed: no runtime is offered, rather than a "container" runtime that cannot run.
-    assert detect_runtimes(lambda name: None, "v2") == ()
-    # crun 1.8 refuses hybrid cgroups: it is offered on v1/v2 nodes only; runc runs on all three.
-    everything = lambda name: f"/usr/bin/{name}"  # noqa: E731
-    assert detect_runtimes(everything, "v2") == ("crun", "runc")
-    assert detect_runtimes(everything, "hybrid") == ("runc",)
 
 
 def test_image_ttl_is_a_duration() -> None:

@@ -39,8 +39,8 @@ def test_json_object_for_rk3399_root(tmp_path: Path) -> None:
     assert info["nodeId"] == "0f3e5a7c9b1d4e2f8a6c4b2d0e9f7a5c"  # the fixture's etc/machine-id
     runtime = info["runtimes"][0]
     assert int(runtime["maxDmips"]) == round(2 * 1800 * 4.9 + 4 * 1416 * 2.3)
-    assert runtime["archInfo"] == {"architecture": "aarch64", "variant": "v8"}
-    assert document["arch"] == runtime["archInfo"]
+    assert runtime["archInfo"] == {"architecture": "arm64", "variant": "v8"}  # GOARCH, as CM compares
+    assert document["arch"] == {**runtime["archInfo"], "machine": "aarch64"}
     assert [r["name"] for r in info["resources"]] == ["serial", "dbus"]
     cpus = document["cpus"]
     assert [(c["part"], c["maxMHz"], c["capacity"]) for c in cpus] == [("0xd03", 1416, 381)] * 4 + [("0xd08", 1800, 1024)] * 2
@@ -69,10 +69,16 @@ def test_config_file_settings_apply(tmp_path: Path) -> None:
     runtime = json.loads(out)["smInfo"]["runtimes"][0]
     assert runtime["type"] == "runc"
     assert int(runtime["maxDmips"]) == 20000
+    # Only RAM is reserved: no DMIPS budget (CM then schedules on maxDMIPS minus the load it sees).
+    assert "allowedDmips" not in runtime
+    assert int(runtime["allowedRam"]) == min(2 * 1024**3, int(runtime["totalRam"]) // 2)
+    config.write_text(json.dumps({"maxDMIPS": 20000, "cgroupParent": "/aos", "systemReserve": {"dmipsPercent": 5}}))
+    code, out, _ = _run(["--root", str(BOARDS / "rk3399"), "--config", str(config), "--json"])
+    capacity = json.loads(out)["capacity"]
     # the /aos cpuset keeps the four A53s' share of the operator's figure
     share = (4 * 1416 * 2.3) / (2 * 1800 * 4.9 + 4 * 1416 * 2.3)
-    assert int(runtime["allowedDmips"]) == round(20000 * share)
-    assert int(runtime["allowedRam"]) == min(2 * 1024**3, int(runtime["totalRam"]) // 2)
+    assert capacity["allowedDMIPS"]["value"] == round(20000 * share)
+    assert capacity["allowedRAM"] == {"value": 0, "source": "not reserved: CM uses total RAM minus the use it sees"}
 
 
 def test_live_probe_json_reports_this_machine(tmp_path: Path) -> None:
@@ -92,3 +98,22 @@ def test_live_probe_json_reports_this_machine(tmp_path: Path) -> None:
     memtotal_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                         if line.startswith("MemTotal:"))
     assert int(runtime["totalRam"]) == memtotal_kib * 1024
+
+
+def test_the_config_check_names_what_cm_limits_leave_out(tmp_path: Path) -> None:
+    resources = tmp_path / "resources.cfg"
+    resources.write_text(json.dumps([{"name": f"res{i}"} for i in range(6)]))
+    config = tmp_path / "sm.cfg"
+    config.write_text(json.dumps({"resourcesConfigFile": str(resources), "cmReconnectMaxTimeout": "1m"}))
+    code, out, err = _run(["--config", str(config), "--json"])
+    assert code == 0
+    document = json.loads(out)
+    assert [r["name"] for r in document["smInfo"]["resources"]] == ["res0", "res1", "res2", "res3"]
+    assert "aos-sm probe: SMInfo: resources 'res4', 'res5' left out: CM accepts at most 4 resources" in err
+    assert document["cuts"] == ["resources 'res4', 'res5' left out: CM accepts at most 4 resources"]
+    assert "aos-sm probe: config: cmReconnectMaxTimeout" in err
+
+
+def test_a_root_that_does_not_exist_exits_2(tmp_path: Path) -> None:
+    code, out, err = _run(["--root", str(tmp_path / "nowhere")])
+    assert code == 2 and out == "" and "nowhere" in err

@@ -104,8 +104,8 @@ def verify(sm_info: Any, probe: dict[str, Any]) -> str:
         raise BootCheckFailed(f"SMInfo has no runtime: {sm_info}")
     runtime = sm_info.runtimes[0]
     arch = (runtime.arch_info.architecture, runtime.arch_info.variant)
-    if arch != ("aarch64", "v8"):
-        raise BootCheckFailed(f"SMInfo ArchInfo is {arch}, expected ('aarch64', 'v8')")
+    if arch != ("arm64", "v8"):  # GOARCH, as CM compares it with image configs
+        raise BootCheckFailed(f"SMInfo ArchInfo is {arch}, expected ('arm64', 'v8')")
     cores = [(cpu.get("part"), cpu.get("core")) for cpu in probe["cpus"]]
     if cores != [("0xd03", "Cortex-A53")] * CPUS:
         raise BootCheckFailed(f"the guest's probe saw cores {cores}, expected {CPUS} x Cortex-A53 (0xd03)")

@@ -17,7 +17,8 @@ from .syslog import SyslogFileSource
 def system_log_source(config: AgentConfig) -> SystemLogSource:
     if config.system_log == JOURNALD:
         return JournalSource()
-    return SyslogFileSource(Path(config.system_log))
+    # None only for a config that agent/registration.py did not complete: the Buildroot default.
+    return SyslogFileSource(Path(config.system_log or "/var/log/messages"))
 
 
 def build_logs(config: AgentConfig, sender: Sender,

@@ -50,10 +50,16 @@ class NoInstanceLogs:
         return ()
 
 
-def _status_part(correlation_id: str, status: str) -> sm_pb2.SMOutgoingMessages:
+# The messages the reference SM puts in an `absent` reply, with aos_code 0 (PROTOCOL.md "Logs").
+NO_INSTANCE = "no service instance found"
+NO_CRASH = "no instance crash found"
+
+
+def _status_part(correlation_id: str, status: str, message: str = "") -> sm_pb2.SMOutgoingMessages:
+    error = error_info_ok()
+    error.message = message
     return sm_pb2.SMOutgoingMessages(
-        log=sm_pb2.LogData(correlation_id=correlation_id, part=1, part_count=1, status=status,
-                           error=error_info_ok())
+        log=sm_pb2.LogData(correlation_id=correlation_id, part=1, part_count=1, status=status, error=error)
     )
 
 
@@ -88,12 +94,13 @@ class LogService:
     def instance_log(self, request: sm_pb2.InstanceLogRequest) -> None:
         window = self._window(request)
         self._submit(request.correlation_id, lambda: self._send_sections(
-            request.correlation_id, plan_instance_log(self._instances.instance_logs(), request.filter, window)))
+            request.correlation_id, plan_instance_log(self._instances.instance_logs(), request.filter, window),
+            NO_INSTANCE))
 
     def crash_log(self, request: sm_pb2.InstanceCrashLogRequest) -> None:
         window = self._window(request)
         self._submit(request.correlation_id, lambda: self._send_sections(
-            request.correlation_id, plan_crash_log(self._instances.crashes(), request.filter, window)))
+            request.correlation_id, plan_crash_log(self._instances.crashes(), request.filter, window), NO_CRASH))
 
     # Worker side.
 
@@ -118,9 +125,9 @@ class LogService:
         now = self._clock()
         self._stream(correlation_id, lambda: self._system_log.lines(window, now))
 
-    def _send_sections(self, correlation_id: str, sections: Sequence[Section]) -> None:
+    def _send_sections(self, correlation_id: str, sections: Sequence[Section], absent_message: str) -> None:
         if not sections:
-            self._sender.send(_status_part(correlation_id, "absent"))
+            self._sender.send(_status_part(correlation_id, "absent", absent_message))
             return
         self._stream(correlation_id, lambda: section_lines(sections))
 

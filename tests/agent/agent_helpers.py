@@ -44,3 +44,16 @@ def registered_runtime(sm_info: Any) -> Any:
         skip_unless_runc_registers()
     (runtime,) = sm_info.runtimes
     return runtime
+
+
+def running_goarch() -> str:
+    """The running machine's GOARCH from a source independent of the agent's uname mapping:
+    Debian's architecture name (amd64 here, arm64 in the qemu-user arm64 suite); "" without dpkg."""
+    import shutil
+    import subprocess
+
+    dpkg = shutil.which("dpkg")
+    if dpkg is None:
+        return ""
+    name = subprocess.run([dpkg, "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
+    return {"armhf": "arm", "armel": "arm", "i386": "386"}.get(name, name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from typing import Any, Callable
 
 from contract_cm import ContractCM
 from tls import TLSMaterial
-from agent_helpers import registered, registered_runtime
+from agent_helpers import registered, registered_runtime, running_goarch
 
 from aos_sm.agent.app import Agent
 from aos_sm.agent.rpc import CHANNEL_OPTIONS
@@ -55,7 +54,8 @@ def test_sm_info_on_the_wire_carries_the_numbers_probe_prints(
     for json_name, field in (("runtimeId", "runtime_id"), ("type", "type"), ("maxDmips", "max_dmips"),
                              ("totalRam", "total_ram"), ("maxInstances", "max_instances")):
         assert str(printed_runtime[json_name]) == str(getattr(runtime, field)), json_name
-    assert printed_runtime["archInfo"]["architecture"] == runtime.arch_info.architecture == os.uname().machine
+    assert printed_runtime["archInfo"]["architecture"] == runtime.arch_info.architecture
+    assert runtime.arch_info.architecture == running_goarch() or not running_goarch()
 
 
 def test_a_bad_resources_file_still_registers_the_valid_resources(
@@ -113,3 +113,17 @@ def test_certificates_that_appear_later_are_picked_up(
     cert.write_bytes(tls_material.client.cert_pem())
     session = registered(cm, timeout=5.0)
     assert session.messages("sm_info")[0].node_id == "node-test"
+
+
+def test_the_channels_own_reconnect_backoff_stays_within_the_agents_cap() -> None:
+    """gRPC jitters its backoff by +-20 %: its cap is set so a jittered retry is still within
+    cmReconnectTimeout, and its first retry waits as long as the agent's first wait."""
+    from aos_sm.agent.rpc import reconnect_options
+
+    for first_wait, cap in ((0.5, 10.0), (0.05, 1.0), (0.2, 0.5)):
+        options = dict(reconnect_options(first_wait, cap))
+        assert options["grpc.max_reconnect_backoff_ms"] * 1.2 <= cap * 1000
+        assert options["grpc.initial_reconnect_backoff_ms"] == max(100, int(first_wait * 1000))
+        assert options["grpc.initial_reconnect_backoff_ms"] <= options["grpc.max_reconnect_backoff_ms"]
+    # Test configs' 100 ms caps: gRPC is not asked to retry more often than every 100 ms.
+    assert dict(reconnect_options(0.005, 0.1))["grpc.max_reconnect_backoff_ms"] == 100

@@ -26,12 +26,12 @@ def mem_total(board: str) -> int:
 
 # board: (per-core (identity, MHz, DMIPS/MHz), provenance, arch, variant, cgroup mode)
 EXPECTED = {
-    "rpi3": ([("Cortex-A53", 1200, A53)] * 4, "table", "armv7l", "v7", "v1"),
-    "rpi4": ([("Cortex-A72", 1500, A72)] * 4, "table", "aarch64", "v8", "v2"),
-    "rk3399": ([("Cortex-A53", 1416, A53)] * 4 + [("Cortex-A72", 1800, A72)] * 2, "table", "aarch64", "v8", "hybrid"),
-    "imx8mq": ([("Cortex-A53", 1500, A53)] * 4, "table", "aarch64", "v8", "v2"),
-    "stm32mp157c-dk2": ([("Cortex-A7", 650, A7)] * 2, "table", "armv7l", "v7", "v1"),
-    "rpi3-nocpufreq": ([("Cortex-A53", 600, A53)] * 4, "estimate", "aarch64", "v8", "hybrid"),
+    "rpi3": ([("Cortex-A53", 1200, A53)] * 4, "table", "arm", "v7", "v1"),
+    "rpi4": ([("Cortex-A72", 1500, A72)] * 4, "table", "arm64", "v8", "v2"),
+    "rk3399": ([("Cortex-A53", 1416, A53)] * 4 + [("Cortex-A72", 1800, A72)] * 2, "table", "arm64", "v8", "hybrid"),
+    "imx8mq": ([("Cortex-A53", 1500, A53)] * 4, "table", "arm64", "v8", "v2"),
+    "stm32mp157c-dk2": ([("Cortex-A7", 650, A7)] * 2, "table", "arm", "v7", "v1"),
+    "rpi3-nocpufreq": ([("Cortex-A53", 600, A53)] * 4, "estimate", "arm64", "v8", "hybrid"),
 }
 
 
@@ -125,7 +125,7 @@ def test_x86_uses_base_frequency_and_counts_each_core_once_across_smt_threads() 
     assert node.max_dmips == round(4 * 1600 * 4.9)
     assert node.dmips_provenance == "estimate"
     assert all("Cortex-A72" in c.dmips_per_mhz_source for c in node.cpus)  # the stated rationale
-    assert (node.architecture, node.arch_variant) == ("x86_64", "")
+    assert (node.architecture, node.arch_variant, node.machine) == ("amd64", "", "x86_64")
     assert node.total_ram == mem_total("x86-i5-8250u")
 
 

@@ -6,7 +6,7 @@ from aos_sm.hw.cgroup_limits import parse_cpu_max, parse_memory_max
 from aos_sm.hw.cgroups import parse_mountinfo, parse_proc_cgroup
 from aos_sm.hw.cpuinfo import parse_cpuinfo
 from aos_sm.hw.memory import parse_meminfo, used_ram_from
-from aos_sm.hw.osinfo import arch_variant
+from aos_sm.hw.osinfo import arch_variant, goarch
 from aos_sm.hw._read import parse_cpu_list
 
 import pytest
@@ -86,3 +86,12 @@ def test_v2_limit_files() -> None:
 ])
 def test_arch_variant(machine: str, variant: str) -> None:
     assert arch_variant(machine) == variant
+
+
+@pytest.mark.parametrize("machine, expected", [
+    ("x86_64", ("amd64", "")), ("aarch64", ("arm64", "v8")), ("armv7l", ("arm", "v7")),
+    ("armv6l", ("arm", "v6")), ("i686", ("386", "")), ("riscv64", ("riscv64", "")), ("", ("", "")),
+])
+def test_uname_machine_names_become_the_goarch_names_cm_compares(machine: str, expected: tuple[str, str]) -> None:
+    """CM matches arch_info.architecture exactly against an image's `amd64`/`arm64` (HARDWARE.md)."""
+    assert goarch(machine) == expected

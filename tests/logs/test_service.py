@@ -154,8 +154,9 @@ def test_instance_logs_follow_the_filter_and_the_range(tmp_path: Path, messages:
     assert assert_ok_parts(sender.wait_reply("any"), 1024) == (
         b"--- instance service1/subject1/0\n" + lines_between(text_one, 5, 9)
         + b"--- instance service1/subject1/1\n" + lines_between(text_two, 5, 9))
-    assert one_status(sender.wait_reply("unknown"))["status"] == "absent"
-    assert one_status(sender.wait_reply("unknown"))["part_count"] == 1
+    absent = one_status(sender.wait_reply("unknown"))
+    assert (absent["status"], absent["part_count"], absent["code"]) == ("absent", 1, 0)
+    assert absent["message"] == "no service instance found"  # the reference's words
 
 
 def test_crash_logs_are_the_lines_of_each_crashed_run_in_the_range(tmp_path: Path, messages: Path) -> None:
@@ -180,7 +181,8 @@ def test_crash_logs_are_the_lines_of_each_crashed_run_in_the_range(tmp_path: Pat
     none = sm_pb2.InstanceCrashLogRequest(correlation_id="no-crash",
                                           filter=common_pb2.InstanceFilter(item_id="service2", instance=-1))
     service.crash_log(none)
-    assert one_status(sender.wait_reply("no-crash"))["status"] == "absent"
+    absent = one_status(sender.wait_reply("no-crash"))
+    assert (absent["status"], absent["code"], absent["message"]) == ("absent", 0, "no instance crash found")
 
 
 def test_an_unreadable_instance_log_is_one_error(tmp_path: Path, messages: Path) -> None:

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 
 from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
@@ -234,7 +234,8 @@ _WIRE_TYPE = {
 }
 
 
-def find_wire_problem(descriptor: Descriptor, data: bytes, path: str = "") -> Optional[str]:
+# Descriptors are typed loosely: the upb and the pure-Python ones are different classes.
+def find_wire_problem(descriptor: Any, data: bytes, path: str = "") -> Optional[str]:
     """The first field of ``data`` (a serialized ``descriptor`` message) whose bytes protobuf
     would refuse or silently truncate, as "path: cause"; None when all of it is in range.
     Unknown fields are skipped (a newer CM may send them), their framing still checked."""
@@ -345,9 +346,12 @@ def update_instances_from_bytes(payload: bytes) -> CheckedUpdate:
     return CheckedUpdate(checked.request, tuple(rejected) + checked.rejected)
 
 
-def _decode(kind: type, chunk: bytes) -> Optional[object]:
+_M = TypeVar("_M", bound=Message)
+
+
+def _decode(kind: Type[_M], chunk: bytes) -> Optional[_M]:
     try:
-        return kind.FromString(chunk)  # type: ignore[attr-defined, no-any-return]
+        return kind.FromString(chunk)
     except DecodeError:
         return None
 
@@ -384,7 +388,7 @@ def _salvage_ident(chunk: bytes) -> common_pb2.InstanceIdent:
         if number in (1, 2):
             setattr(ident, "item_id" if number == 1 else "subject_id", value.decode("utf-8", "replace"))
     scalars = _decode(common_pb2.InstanceIdent, _without_length_fields(chunk))
-    if isinstance(scalars, common_pb2.InstanceIdent):
+    if scalars is not None:
         ident.instance, ident.type = scalars.instance, scalars.type
     return ident
 

@@ -11,6 +11,7 @@ from aos_sm import hw
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from .capacity import probe_capacity, usable_runtimes
+from .certs import ExpiryAlerts
 from .cloud import CloudConnection
 from .config import AgentConfig
 from .dispatch import Dispatcher
@@ -80,6 +81,7 @@ class _Registration:
         self._outbox = outbox
         self._root = root
         self._reported: Tuple[str, ...] = ()
+        self._expiry = ExpiryAlerts(config)
 
     def __call__(self) -> Tuple[sm_pb2.SMInfo, sm_pb2.NodeInstancesStatus]:
         resources = hw.load_resources(self._config.resources_config_file, self._root)
@@ -88,6 +90,9 @@ class _Registration:
                 log.error("resources config: %s", problem)
                 self._outbox.send(core_alert(f"resources config: {problem}"))
             self._reported = resources.problems
+        # Kept by the outbox until this session is live: CM hears it right after registering.
+        for line in self._expiry.due():
+            self._outbox.send(core_alert(f"certificate {line}"))
         sm_info = build_sm_info(self._config.node_id, self._runtimes, self._capacity, resources)
         return sm_info, self._launcher.node_instances_status()
 

@@ -424,3 +424,48 @@ def _without_length_fields(data: bytes) -> bytes:
     except _Truncated:
         pass
     return bytes(out)
+
+
+# --------------------------------------------------------------------------------------------
+# An incoming message that protobuf refused
+# --------------------------------------------------------------------------------------------
+
+# SMIncomingMessages' oneof, by field number (servicemanager-v5.tsv).
+_INCOMING_KINDS = {field.number: field.name for field in sm_pb2.SMIncomingMessages.DESCRIPTOR.fields}
+
+
+@dataclass(frozen=True)
+class Salvaged:
+    """What an undecodable SMIncomingMessages still tells: its kind, why it failed, and for the
+    kinds with a reply, enough to give one (issue 12: an undecodable request costs one reply with
+    an error, not the stream)."""
+
+    kind: Optional[str]  # the oneof name, None when not even that decodes
+    problem: str  # "path: cause", e.g. "set_node_config.node_config: not UTF-8 at byte 7"
+    update: Optional[CheckedUpdate] = None  # update_instances: its entries, each on its own
+    node_config: Optional[bytes] = None  # check/set_node_config: the JSON's raw bytes
+    version: str = ""  # check/set_node_config: the requested version, when it is UTF-8
+
+
+def salvage_incoming(data: bytes) -> Salvaged:
+    """Take apart an SMIncomingMessages that did not decode. For UpdateInstances, the valid
+    entries and one refusal per bad entry; for Check/SetNodeConfig, the raw JSON bytes and the
+    version (``NodeConfigService.check``/``set`` take bytes and reply with invalidArgument
+    naming the first bad byte)."""
+    problem = find_wire_problem(sm_pb2.SMIncomingMessages.DESCRIPTOR, data) or "does not decode"
+    fields = _length_fields(data)
+    if not fields:
+        return Salvaged(None, problem)
+    number, payload = fields[-1]  # a oneof: the last one wins, as protobuf merges
+    kind = _INCOMING_KINDS.get(number)
+    if kind == "update_instances":
+        return Salvaged(kind, problem, update=update_instances_from_bytes(payload))
+    if kind in ("check_node_config", "set_node_config"):
+        node_config, version = b"", ""
+        for inner_number, value in _length_fields(payload):
+            if inner_number == 1:
+                node_config = value
+            elif inner_number == 2:
+                version = value.decode("utf-8", "replace")
+        return Salvaged(kind, problem, node_config=node_config, version=version)
+    return Salvaged(kind, problem)

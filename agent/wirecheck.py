@@ -13,7 +13,7 @@ identity is a valid empty string. Two layers stop them before anything is stored
   for a CoreAlert or an error reply instead of a decode failure that says nothing.
 - :func:`check_instance_info` and :func:`check_update_instances` check decoded messages: empty
   identities, indexes beyond int64, uid/gid the kernel reserves, env var names an environment
-  cannot hold, host paths that are not absolute and normalized, alert rules outside their
+  cannot hold, storage/state paths that escape their directory, alert rules outside their
   ranges. Each refused instance becomes its own ``failed`` status with invalidArgument; the
   others of the batch go on (issue 12: one bad instance never stalls or hides the rest).
 - :func:`update_instances_from_bytes` does both for an UpdateInstances whose bytes did not
@@ -157,19 +157,20 @@ def _check_text(value: str, path: str) -> None:
 
 
 def _check_host_path(value: str, path: str) -> None:
-    """Empty (none), or an absolute, normalized host path: the launcher creates it and binds it
-    into the container, so ``..`` or a relative path would reach outside what CM meant."""
+    """Empty (none), or a relative path that stays inside its directory: CM sends
+    ``<item>/<subject>/<instance>`` and the SM joins it to its storage or state directory
+    (INSTANCES.md "Storage and state"); an absolute path or a ``..`` would escape it, and the
+    launcher creates the directory and binds it read-write into the container."""
     if not value:
         return
     if "\0" in value:
         raise InvalidArgument(f"{path}: contains NUL")
     if len(value.encode("utf-8")) > MAX_PATH_BYTES:
         raise InvalidArgument(f"{path}: longer than {MAX_PATH_BYTES} bytes")
-    if not value.startswith("/"):
-        raise InvalidArgument(f"{path}: not absolute: {value[:40]!r}")
-    components = value.rstrip("/").split("/")[1:]
-    if any(part in ("", ".", "..") for part in components):
-        raise InvalidArgument(f"{path}: not normalized: {value[:40]!r}")
+    if value.startswith("/"):
+        raise InvalidArgument(f"{path}: absolute, escapes its directory: {value[:30]!r}")
+    if ".." in value.split("/"):
+        raise InvalidArgument(f"{path}: '..' escapes its directory: {value[:30]!r}")
 
 
 def check_update_instances(request: sm_pb2.UpdateInstances) -> CheckedUpdate:

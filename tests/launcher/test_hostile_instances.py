@@ -65,7 +65,7 @@ def test_a_batch_with_bad_instances_starts_the_good_ones_and_reports_all(
         "huge-index": (instance(digest, "huge-index", index=str(2**64 - 1)), "instance.instance:"),
         "no-subject": (instance(digest, "no-subject", subject=""), "instance.subject_id: empty"),
         "bad-env": (instance(digest, "bad-env", envVars=[{"name": "A=B", "value": "x"}]), "env_vars[0].name:"),
-        "rel-path": (instance(digest, "rel-path", storagePath="../etc"), "storage_path: not absolute"),
+        "escaping-path": (instance(digest, "escaping-path", storagePath="../etc"), "storage_path: '..' escapes"),
         "bad-rule": (instance(digest, "bad-rule", monitoringParameters={"alertRules": {
             "cpu": {"minThreshold": 50, "maxThreshold": 1e30}}}),
             "monitoring_parameters.alert_rules.cpu.max_threshold:"),

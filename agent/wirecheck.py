@@ -91,7 +91,7 @@ def check_instance_info(info: sm_pb2.InstanceInfo) -> None:
         if getattr(info, name) == NO_ID:
             raise InvalidArgument(f"{name}: {NO_ID} is (uid_t)-1, not an identity")
     for name in ("storage_path", "state_path"):
-        _check_host_path(getattr(info, name), name)
+        _check_relative_path(getattr(info, name), name)
     seen = set()
     for index, var in enumerate(info.env_vars):
         where = f"env_vars[{index}]"
@@ -156,7 +156,7 @@ def _check_text(value: str, path: str) -> None:
         raise InvalidArgument(f"{path}: contains NUL")
 
 
-def _check_host_path(value: str, path: str) -> None:
+def _check_relative_path(value: str, path: str) -> None:
     """Empty (none), or a relative path that stays inside its directory: CM sends
     ``<item>/<subject>/<instance>`` and the SM joins it to its storage or state directory
     (INSTANCES.md "Storage and state"); an absolute path or a ``..`` would escape it, and the

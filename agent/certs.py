@@ -20,7 +20,8 @@ start and before each connect:
   that IAM may still be provisioning.
 
 X.509 parsing uses ``cryptography`` (Debian bookworm: python3-cryptography 38); only APIs that
-38 already has are used, with the newer spellings preferred where they exist.
+38 already has are used, with the newer spellings preferred where they exist. It is imported
+where a check runs: a plaintext agent never pays its import time (tens of ms at start).
 """
 
 from __future__ import annotations
@@ -34,15 +35,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config import AgentConfig
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +129,8 @@ def _when(moment: datetime.datetime) -> str:
 
 def parse_certificates(data: bytes) -> List[x509.Certificate]:
     """Every PEM certificate in ``data``, in order; ValueError when one does not parse."""
+    from cryptography import x509
+
     return [x509.load_pem_x509_certificate(block) for block in _PEM_CERT.findall(data)]
 
 
@@ -157,12 +158,18 @@ def _check_validity(file: CredentialFile, cert: x509.Certificate, now: datetime.
 
 
 def _public_der(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return bytes(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """True when ``issuer``'s key verifies ``cert``'s signature (or the algorithm is one this
     check does not know: no mismatch is claimed that could be wrong)."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+
     if cert.issuer != issuer.subject:
         return False
     key = issuer.public_key()
@@ -226,6 +233,9 @@ def check_credentials(files: Sequence[CredentialFile], now: datetime.datetime) -
 
 
 def _load_private_key(file: CredentialFile, problems: List[CertProblem]) -> Optional[Any]:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     if file.data is None:
         problems.append(CertProblem(file.key, file.path, file.read_error or "cannot read"))
         return None

@@ -1,5 +1,7 @@
-"""Hostile node configs against the contract CM: each gets a NodeConfigStatus with
-invalidArgument naming the key, the stored file stays as it was, and the session goes on."""
+"""Hostile input against the contract CM: a node config gets a NodeConfigStatus with
+invalidArgument naming the key and the stored file stays as it was; an UpdateInstances whose
+every entry is refused still gets a status per entry and its NodeInstancesStatus; the session
+goes on. (A batch mixing good and bad instances on real runc: tests/launcher/test_hostile_instances.py.)"""
 
 from __future__ import annotations
 
@@ -61,3 +63,20 @@ def test_an_empty_node_group_codename_is_installed(
                                      "version": "1.0.0"})
     reply = session.wait_for("node_config_status")
     assert (reply.error.aos_code, reply.version) == (0, "1.0.0")
+
+
+def test_a_batch_of_only_refused_instances_still_ends_with_node_instances_status(
+    contract_cm: ContractCM, start_agent: Callable[..., Agent]
+) -> None:
+    agent = start_agent(contract_cm.address)
+    session = registered(contract_cm)
+    start = [{"instance": {"itemId": "", "subjectId": "s", "instance": "0"}, "runtimeId": "rt"},
+             {"instance": {"itemId": "a", "subjectId": "s", "instance": str(2**64 - 1)}, "runtimeId": "rt"},
+             {"instance": {"itemId": "b", "subjectId": "s", "instance": "1"}, "uid": 4294967295}]
+    session.send("update_instances", {"startInstances": start})
+    nodes = session.wait_for("node_instances_status", 10)
+    statuses = [s for u in session.messages("update_instances_status") for s in u.instances]
+    assert [(s.instance.item_id, s.state, s.error.aos_code, s.error.message.split(":")[0]) for s in statuses] == [
+        ("", "failed", 6, "instance.item_id"), ("a", "failed", 6, "instance.instance"), ("b", "failed", 6, "uid")]
+    assert list(nodes.instances) == []
+    assert agent.launcher.node_instances_status().instances == []

@@ -23,7 +23,7 @@ PROJECT=$PWD
 CACHE=$PROJECT/.cache/arm64
 SUITE=bookworm
 # The runtime stack the agent needs: what an embedded bookworm image would carry.
-RUNTIME_PKGS="python3 python3-grpcio python3-protobuf python3-psutil python3-pyroute2 python3-transitions runc"
+RUNTIME_PKGS="python3 python3-grpcio python3-protobuf python3-psutil python3-pyroute2 python3-transitions python3-cryptography runc"
 # What the test suite and the boot test need on top: pytest, the build of the project and of
 # cgroupspy (not in Debian; pure python, installed with pip --no-deps), openssl (the TLS tests
 # make certificates with it), busybox-static (the boot test's initramfs).

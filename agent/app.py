@@ -10,6 +10,7 @@ from typing import List, Optional, Tuple
 from aos_sm import hw
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
+from .certs import ExpiryAlerts
 from .cloud import CloudConnection
 from .config import AgentConfig
 from .dispatch import Dispatcher
@@ -82,6 +83,7 @@ class _Registration:
         self._outbox = outbox
         self._logged = logged  # already in the log at start
         self._alerted: Optional[Tuple[str, ...]] = None
+        self._expiry = ExpiryAlerts(node.config)
 
     def __call__(self) -> Tuple[sm_pb2.SMInfo, sm_pb2.NodeInstancesStatus]:
         resources = load_node_resources(self._node)
@@ -95,6 +97,9 @@ class _Registration:
             for note in notes:
                 self._outbox.send(core_alert(note))
             self._alerted = notes
+        # Kept by the outbox until this session is live: CM hears it right after registering.
+        for line in self._expiry.due():
+            self._outbox.send(core_alert(f"certificate {line}"))
         return plan.sm_info, self._launcher.node_instances_status()
 
 

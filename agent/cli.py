@@ -68,6 +68,7 @@ def _prepare_working_dir(config: AgentConfig) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import build_agent, describe
+    from .certs import require_ca_cert
     from .cmsim import SimulatedCM, to_json
     from .sdnotify import ServiceNotifications, session_status, take_notify_environment
 
@@ -78,6 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         log.warning("%s: %s", args.config, warning)
     _prepare_working_dir(config)
+    require_ca_cert(config)
     stop = _stop_on_signals()
     simulator: Optional[SimulatedCM] = None
     target = config.cm_server_url

@@ -43,6 +43,7 @@ from .incoming import (
 )
 from .messages import core_alert, failed_instance_status, log_error, now_timestamp
 from .ports import LauncherPort, LogsPort, MonitoringPort, NetworkPort, NodeConfigPort, Sender
+from .wirecheck import check_update_instances
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,13 @@ class Dispatcher:
 
     def _update_instances(self, request: Message) -> None:
         assert isinstance(request, sm_pb2.UpdateInstances)
+        # Refused entries (wirecheck: out of the wire's ranges) get their status now; the rest
+        # goes on, and the launcher's batch ends with NodeInstancesStatus as always.
+        checked = check_update_instances(request)
+        if checked.rejected:
+            log.warning("UpdateInstances: refused %s", "; ".join(s.error.message for s in checked.rejected))
+            self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=checked.rejected)))
+        request = checked.request
         try:
             self._launcher.update_instances(request)
         except Exception as err:

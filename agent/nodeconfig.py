@@ -6,9 +6,12 @@ CM sends the node config as JSON text plus a version (PROTOCOL.md, "Node config 
 :func:`plan_node_config` turns ``(installed version, text, message version)`` into a validated
 :class:`NodeConfig` or raises the :class:`AosError` whose code CM must see:
 
-- text over :data:`MAX_NODE_CONFIG_BYTES`, malformed JSON, a wrong type, a missing
-  ``nodeGroupSubject.codename`` or an invalid semver → InvalidArgument (6), with the message
-  naming the key path (``alertRules.cpu.maxThreshold: expected a number, got "high"``);
+- text over :data:`MAX_NODE_CONFIG_BYTES`, bytes that are not UTF-8, malformed JSON, a wrong
+  type, a value outside the range the wire or the monitor can carry (``priority`` and
+  ``download``/``upload`` thresholds are uint64, percents lie in 0..100, ``minTimeout`` fits a
+  protobuf Duration), a missing ``nodeGroupSubject.codename`` or an invalid semver →
+  InvalidArgument (6), with the message naming the key path first
+  (``alertRules.cpu.maxThreshold: expected a number, got "high"``): CM keeps 64 characters;
 - with a config installed: the same version → AlreadyExist (8), a lower one → WrongState (9).
 
 Keys match case-insensitively at every level and ``null`` counts as absent, as in the reference
@@ -23,7 +26,7 @@ import datetime
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .durations import parse_duration
 from .errors import AlreadyExist, InvalidArgument, WrongState
@@ -31,6 +34,15 @@ from .semver import compare_semver, parse_semver
 
 # CM's node configs are a few KiB; 1 MiB bounds memory and parse time against a hostile peer.
 MAX_NODE_CONFIG_BYTES = 1 << 20
+
+# The wire's own ranges: ``priority`` is a uint64 in the reference's NodeConfig, and download/upload
+# thresholds travel as AlertRulePoints' uint64 (servicemanager-v5.tsv); a value beyond them
+# would be truncated or refused by protobuf later, far from the request that brought it.
+UINT64_MAX = (1 << 64) - 1
+# cpu/ram/partition thresholds are percents of the resource (PROTOCOL.md "Alert rules").
+MAX_PERCENT = 100.0
+# google.protobuf.Duration's documented range (about 10,000 years), which AlertRule durations use.
+MAX_DURATION = datetime.timedelta(seconds=315_576_000_000)
 
 
 class NodeConfigState:
@@ -123,7 +135,7 @@ def check_version_rule(installed_version: Optional[str], requested_version: str)
 
 
 def plan_node_config(
-    installed_version: Optional[str], node_config_text: str, message_version: str
+    installed_version: Optional[str], node_config_text: Union[str, bytes], message_version: str
 ) -> ParsedNodeConfig:
     """Validate a Check/SetNodeConfig request against what is installed (None: nothing)."""
     parsed = parse_node_config(node_config_text, message_version)
@@ -136,10 +148,26 @@ def plan_node_config(
 # --------------------------------------------------------------------------------------------
 
 
-def parse_node_config(text: str, version_override: str = "") -> ParsedNodeConfig:
+def decode_node_config_text(data: Union[str, bytes]) -> str:
+    """The node config as text. Bytes come from a request whose ``node_config`` protobuf could
+    not decode as a string (not UTF-8): they get a reply naming the first bad byte, not silence."""
+    if isinstance(data, str):
+        return data
+    if len(data) > MAX_NODE_CONFIG_BYTES:
+        raise InvalidArgument(f"node config is larger than {MAX_NODE_CONFIG_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InvalidArgument(
+            f"node_config: not UTF-8 at byte {err.start} ({data[err.start:err.start + 1]!r})"
+        ) from err
+
+
+def parse_node_config(text: Union[str, bytes], version_override: str = "") -> ParsedNodeConfig:
     """Parse and validate node config JSON; a non-empty ``version_override`` replaces
     the JSON ``version`` (the message's field wins, PROTOCOL.md)."""
-    if len(text) > MAX_NODE_CONFIG_BYTES or len(text.encode("utf-8")) > MAX_NODE_CONFIG_BYTES:
+    text = decode_node_config_text(text)
+    if len(text) > MAX_NODE_CONFIG_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_NODE_CONFIG_BYTES:
         raise InvalidArgument(f"node config is larger than {MAX_NODE_CONFIG_BYTES} bytes")
     root = _Object(_load_json(text), "", [])
     config = NodeConfig(
@@ -149,7 +177,7 @@ def parse_node_config(text: str, version_override: str = "") -> ParsedNodeConfig
         alert_rules=_alert_rules(root.object("alertRules")),
         resource_ratios=_resource_ratios(root.object("resourceRatios")),
         labels=_labels(root),
-        priority=root.integer("priority") or 0,
+        priority=root.integer("priority", UINT64_MAX) or 0,
     )
     return ParsedNodeConfig(config=config, unknown_keys=tuple(root.collect_unknown()))
 
@@ -193,7 +221,8 @@ def _required_codename(root: _Object) -> str:
     if subject is None:
         raise InvalidArgument("nodeGroupSubject.codename: missing")
     codename = subject.string("codename")
-    if not codename:
+    # Present but possibly empty: the reference accepts "" (PROTOCOL.md "Node config JSON").
+    if codename is None:
         raise InvalidArgument("nodeGroupSubject.codename: missing")
     return codename
 
@@ -213,6 +242,7 @@ def _labels(root: _Object) -> Tuple[str, ...]:
             raise InvalidArgument(
                 f"{root.path_of('labels')}[{index}]: expected a string, got {_describe(item)}"
             )
+        _check_unicode(item, f"{root.path_of('labels')}[{index}]")
         labels.append(item)
     return tuple(labels)
 
@@ -232,14 +262,14 @@ def _alert_rules(rules: Optional[_Object]) -> Optional[AlertRules]:
 def _percent_rule(rule: Optional[_Object]) -> Optional[PercentRule]:
     if rule is None:
         return None
-    min_timeout, low, high = _thresholds(rule, rule.number)
+    min_timeout, low, high = _thresholds(rule, rule.percent)
     return PercentRule(min_timeout=min_timeout, min_threshold=low, max_threshold=high)
 
 
 def _points_rule(rule: Optional[_Object]) -> Optional[PointsRule]:
     if rule is None:
         return None
-    min_timeout, low, high = _thresholds(rule, rule.integer)
+    min_timeout, low, high = _thresholds(rule, lambda key: rule.integer(key, UINT64_MAX))
     return PointsRule(min_timeout=min_timeout, min_threshold=int(low), max_threshold=int(high))
 
 
@@ -256,7 +286,7 @@ def _partition_rules(rules: _Object) -> Tuple[PartitionRule, ...]:
             raise InvalidArgument(f"{rule.path_of('name')}: missing")
         if any(existing.name == name for existing in partitions):
             raise InvalidArgument(f"{rule.path_of('name')}: duplicate partition {name!r}")
-        min_timeout, low, high = _thresholds(rule, rule.number)
+        min_timeout, low, high = _thresholds(rule, rule.percent)
         partitions.append(PartitionRule(name, min_timeout, low, high))
     return tuple(partitions)
 
@@ -298,6 +328,15 @@ def _resource_ratios(ratios: Optional[_Object]) -> Optional[ResourceRatios]:
 # --------------------------------------------------------------------------------------------
 # Case-insensitive JSON objects with key paths
 # --------------------------------------------------------------------------------------------
+
+
+def _check_unicode(value: str, path: str) -> None:
+    """JSON escapes can spell lone surrogates ("\\ud800"); no protobuf string or file name can
+    carry one, so such a value would fail far from here (a monitoring send, a store write)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidArgument(f"{path}: not valid Unicode (lone surrogate at {err.start})") from err
 
 
 class _Pairs(List[Tuple[str, Any]]):
@@ -352,6 +391,8 @@ class _Object:
         value = self._get(key)
         if value is not None and not isinstance(value, str):
             raise self._wrong(key, "a string", value)
+        if value is not None:
+            _check_unicode(value, self.path_of(key))
         return value
 
     def number(self, key: str) -> Optional[float]:
@@ -366,16 +407,27 @@ class _Object:
             raise self._wrong(key, "a finite number", value)
         return result
 
-    def integer(self, key: str) -> Optional[int]:
-        value = self._get(key)
-        if value is None:
+    def percent(self, key: str) -> Optional[float]:
+        value = self.number(key)
+        if value is not None and value > MAX_PERCENT:
+            raise InvalidArgument(f"{self.path_of(key)}: a percent is at most 100, got {value:g}")
+        return value
+
+    def integer(self, key: str, maximum: int) -> Optional[int]:
+        raw = self._get(key)
+        if raw is None:
             return None
+        value = raw
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self._wrong(key, "an integer", value)
+            raise self._wrong(key, "an integer", raw)
         if value < 0:
-            raise InvalidArgument(f"{self.path_of(key)}: must not be negative, got {value}")
+            raise InvalidArgument(f"{self.path_of(key)}: must not be negative, got {_describe(raw)}")
+        if value > maximum:
+            raise InvalidArgument(
+                f"{self.path_of(key)}: out of range, got {_describe(raw)} (at most {maximum})"
+            )
         return value
 
     def duration(self, key: str) -> Optional[datetime.timedelta]:
@@ -385,9 +437,12 @@ class _Object:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise self._wrong(key, "a duration (PT1S, 1m30s or seconds)", value)
         try:
-            return parse_duration(value)
+            duration = parse_duration(value)
         except InvalidArgument as err:
             raise InvalidArgument(f"{self.path_of(key)}: {err}") from err
+        if duration > MAX_DURATION:
+            raise InvalidArgument(f"{self.path_of(key)}: out of range, got {_describe(value)}")
+        return duration
 
     def array(self, key: str) -> Optional[List[Any]]:
         value = self._get(key)

@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
@@ -37,6 +37,7 @@ from .nodeconfig import (
     NodeConfig,
     NodeConfigState,
     ParsedNodeConfig,
+    decode_node_config_text,
     parse_node_config,
     plan_node_config,
 )
@@ -48,6 +49,9 @@ STORED_FORMAT_VERSION = 1
 _MAX_STORED_BYTES = 8 * MAX_NODE_CONFIG_BYTES
 
 NodeConfigListener = Callable[[NodeConfig], None]
+# CM's node config JSON: text, or raw bytes when the request's string field was not UTF-8 (a
+# transport that decodes leniently hands them on so that the request still gets its reply).
+NodeConfigText = Union[str, bytes]
 
 
 def encode_stored_node_config(node_config_text: str, version: str) -> bytes:
@@ -140,7 +144,7 @@ class NodeConfigService:
             version = self._config.version if self._config is not None else ""
             return sm_pb2.NodeConfigStatus(state=self.state, version=version, error=error)
 
-    def check(self, node_config: str, version: str) -> sm_pb2.NodeConfigStatus:
+    def check(self, node_config: NodeConfigText, version: str) -> sm_pb2.NodeConfigStatus:
         """Validate without applying: state = current, version = requested."""
         with self._lock:
             state = self.state
@@ -151,13 +155,14 @@ class NodeConfigService:
             self._log_unknown_keys(parsed)
             return self._reply(state, parsed.config.version, node_config, error_info_ok())
 
-    def set(self, node_config: str, version: str) -> sm_pb2.NodeConfigStatus:
+    def set(self, node_config: NodeConfigText, version: str) -> sm_pb2.NodeConfigStatus:
         """Validate, store atomically, then notify; state in the reply is the one before."""
         with self._lock:
             state_before = self.state
             try:
                 parsed = plan_node_config(self._installed_version(), node_config, version)
-                self._store(node_config, parsed.config.version)
+                # Nothing reaches the file before it parsed: the text stored is valid UTF-8.
+                self._store(decode_node_config_text(node_config), parsed.config.version)
             except Exception as err:
                 _log.warning("SetNodeConfig version %r rejected: %s", version, err)
                 return self._reply(state_before, version, node_config, _error_info(err))
@@ -187,7 +192,7 @@ class NodeConfigService:
 
     @staticmethod
     def _reply(
-        state: str, version: str, node_config: str, error: common_pb2.ErrorInfo
+        state: str, version: str, node_config: NodeConfigText, error: common_pb2.ErrorInfo
     ) -> sm_pb2.NodeConfigStatus:
         if not version:
             version = _json_version_or_empty(node_config)
@@ -206,7 +211,7 @@ def _error_info(err: Exception) -> common_pb2.ErrorInfo:
     return error_info_from_exception(err)
 
 
-def _json_version_or_empty(node_config: str) -> str:
+def _json_version_or_empty(node_config: NodeConfigText) -> str:
     """The JSON's version, for replies to a request whose message had none; best effort."""
     if len(node_config) > MAX_NODE_CONFIG_BYTES:
         return ""

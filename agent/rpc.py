@@ -13,6 +13,7 @@ import grpc
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
+from .certs import check_before_connect
 from .config import AgentConfig
 from .errors import ConfigError, RuntimeFailure
 
@@ -50,6 +51,8 @@ def make_credentials(config: AgentConfig) -> Optional[grpc.ChannelCredentials]:
     """
     if config.tls_mode == "plaintext":
         return None
+    # Say which file is wrong and why (rate-limited) before a handshake fails saying little.
+    check_before_connect(config)
     root = _read(config.ca_cert, "caCert") if config.ca_cert else None
     if config.tls_mode == "tls":
         return grpc.ssl_channel_credentials(root_certificates=root)

@@ -29,12 +29,14 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 # Python packages that Buildroot itself carries (read in buildroot/buildroot's package/ at
 # e991fa071605, August 2026); anything else must have a recipe in this tree.
-BUILDROOT_PYTHON_PACKAGES = {"grpcio", "protobuf", "transitions", "psutil", "pyroute2"}
+# python-cryptography: package/python-cryptography (needs a Rust host toolchain for the target).
+BUILDROOT_PYTHON_PACKAGES = {"grpcio", "protobuf", "transitions", "psutil", "pyroute2", "cryptography"}
 # Symbols from Buildroot that the tree's Config.in files may use.
 BUILDROOT_SYMBOLS = {f"BR2_PACKAGE_PYTHON_{name.upper()}" for name in BUILDROOT_PYTHON_PACKAGES} | {
     "BR2_PACKAGE_PYTHON3",
     "BR2_PACKAGE_PYTHON_GRPCIO_ARCH_SUPPORTS",
     "BR2_PACKAGE_HOST_PROTOBUF_ARCH_SUPPORTS",
+    "BR2_PACKAGE_HOST_RUSTC_TARGET_ARCH_SUPPORTS",
     "BR2_INSTALL_LIBSTDCPP",
 }
 

@@ -145,7 +145,6 @@ def test_null_codename_is_missing() -> None:
         {"version": "1.0.0"},
         {"version": "1.0.0", "nodeGroupSubject": {}},
         {"version": "1.0.0", "nodeGroupSubject": None},
-        {"version": "1.0.0", "nodeGroupSubject": {"codename": ""}},
     ],
 )
 def test_missing_node_group_codename(document: dict[str, Any]) -> None:

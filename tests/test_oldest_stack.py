@@ -1,5 +1,5 @@
 """The agent on the oldest stack we promise: what Debian bookworm ships (grpcio 1.51, protobuf
-3.21 = Python 4.21.12, transitions 0.9.0, psutil 5.9.4, pyroute2 0.7.3).
+3.21 = Python 4.21.12, transitions 0.9.0, psutil 5.9.4, pyroute2 0.7.3, cryptography 38.0.4).
 
 A venv with exactly those versions runs the gateway, contract and core tests. (The issue for the
 board adds the same suite on arm64 under qemu-user with Debian's own packages.)
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.host_only(
 ROOT = Path(__file__).resolve().parents[1]
 ENV_DIR = ROOT / ".cache" / "venv-bookworm-stack"
 PINS = ["grpcio==1.51.3", "protobuf==4.21.12", "transitions==0.9.0", "psutil==5.9.4",
-        "pyroute2==0.7.3", "cgroupspy==0.2.2", "pytest"]
+        "pyroute2==0.7.3", "cgroupspy==0.2.2", "cryptography==38.0.4", "pytest"]
 INNER = "AOS_SM_OLDEST_STACK_RUN"
 
 

@@ -21,33 +21,25 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict
 
 from google.protobuf.message import Message
 
-from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 from aos_sm.statemachine import RateLimiter
 
 from .cloud import CloudConnection
 from .errors import InvalidArgument, error_info_from_exception
-from .incoming import (
-    PARSE_ERRORS,
-    Undecodable,
-    WireError,
-    explain,
-    parse_frame,
-    string_field,
-    type_name,
-    walk_fields,
-)
+from .incoming import Undecodable, WireError, parse_frame, string_field, type_name, walk_fields
 from .messages import core_alert, failed_instance_status, log_error, now_timestamp
 from .ports import LauncherPort, LogsPort, MonitoringPort, NetworkPort, NodeConfigPort, Sender
-from .wirecheck import check_update_instances
+from .wirecheck import CheckedUpdate, check_update_instances, update_instances_from_bytes
 
 log = logging.getLogger(__name__)
 
 Out = sm_pb2.SMOutgoingMessages
+
+UPDATE_INSTANCES_FIELD: int = sm_pb2.SMIncomingMessages.DESCRIPTOR.fields_by_name["update_instances"].number
 
 # One CoreAlert per request kind per minute about frames that do not decode.
 UNDECODABLE_ALERT_INTERVAL = 60.0
@@ -104,6 +96,15 @@ class Dispatcher:
         parsed = parse_frame(frame)
         if isinstance(parsed, Undecodable):
             self._undecodable(parsed)
+        elif parsed.WhichOneof("SMIncomingMessage") == "update_instances":
+            # protobuf silently truncates an over-wide uint32 (a uid of 2**32 decodes as 0, root):
+            # instances are checked on their raw bytes, where the truncation is still visible.
+            try:
+                payload = _last_field(frame, UPDATE_INSTANCES_FIELD)
+            except WireError:  # past the walk's bounds: the decoded message's checks still run
+                self.handle(parsed)
+            else:
+                self._run_update(update_instances_from_bytes(payload))
         else:
             self.handle(parsed)
 
@@ -157,9 +158,12 @@ class Dispatcher:
 
     def _update_instances(self, request: Message) -> None:
         assert isinstance(request, sm_pb2.UpdateInstances)
-        # Refused entries (wirecheck: out of the wire's ranges) get their status now; the rest
-        # goes on, and the launcher's batch ends with NodeInstancesStatus as always.
-        checked = check_update_instances(request)
+        self._run_update(check_update_instances(request))
+
+    def _run_update(self, checked: CheckedUpdate) -> None:
+        """Refused entries (wirecheck: out of the wire's ranges, or undecodable) get their status
+        now; the rest goes to the launcher, whose batch ends with NodeInstancesStatus as always
+        (an empty one too, so CM always hears the node's instances)."""
         if checked.rejected:
             log.warning("UpdateInstances: refused %s", "; ".join(s.error.message for s in checked.rejected))
             self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=checked.rejected)))
@@ -253,50 +257,16 @@ class Dispatcher:
         self._sender.send(log_error(correlation_id, error.to_error_info()))
 
     def _bad_update_instances(self, bad: Undecodable) -> None:
-        """Start what decodes, fail what does not (if its identity is readable), report all."""
-        good = sm_pb2.UpdateInstances()
-        failed: List[sm_pb2.InstanceStatus] = []
-        try:
-            fields = list(walk_fields(bad.payload))
-        except WireError:
-            fields = []
-        for number, wire_type, payload in fields:
-            if wire_type != 2 or payload is None:
-                continue
-            if number == 1:  # start_instances
-                try:
-                    good.start_instances.append(sm_pb2.InstanceInfo.FromString(payload))
-                except PARSE_ERRORS:
-                    status = _failed_undecodable_instance(payload)
-                    if status is not None:
-                        failed.append(status)
-            elif number == 2:  # stop_instances
-                try:
-                    good.stop_instances.append(common_pb2.InstanceIdent.FromString(payload))
-                except PARSE_ERRORS:
-                    continue  # nothing to stop by: the CoreAlert said it
-        if failed:
-            self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=failed)))
-        if good.start_instances or good.stop_instances:
-            self._update_instances(good)
-        else:
-            self._sender.send(Out(node_instances_status=self._launcher.node_instances_status()))
+        """Start what decodes, refuse what does not (with the best identity its bytes allow),
+        report all."""
+        self._run_update(update_instances_from_bytes(bad.payload))
 
 
-def _failed_undecodable_instance(payload: bytes) -> Optional[sm_pb2.InstanceStatus]:
-    """The ``failed`` status of an InstanceInfo that does not decode, if its identity does."""
-    ident: Optional[common_pb2.InstanceIdent] = None
-    try:
-        for number, wire_type, field in walk_fields(payload):
-            if number == 1 and wire_type == 2 and field is not None:
-                ident = common_pb2.InstanceIdent.FromString(field)
-    except PARSE_ERRORS:  # WireError is a ValueError
-        return None
-    if ident is None:
-        return None
-    why = explain(sm_pb2.InstanceInfo.DESCRIPTOR, payload) or "does not decode"
-    error = InvalidArgument(f"{why} (InstanceInfo undecodable)")
-    return sm_pb2.InstanceStatus(
-        instance=ident, version=string_field(payload, 2), manifest_digest=string_field(payload, 3),
-        runtime_id=string_field(payload, 5), state="failed", error=error.to_error_info(),
-    )
+def _last_field(frame: bytes, number: int) -> bytes:
+    """The payload of the last ``number`` field of a frame that decoded (protobuf's oneof rule:
+    the last one wins)."""
+    payload = b""
+    for field_number, wire_type, field in walk_fields(frame):
+        if field_number == number and wire_type == 2 and field is not None:
+            payload = field
+    return payload

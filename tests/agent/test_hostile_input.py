@@ -80,3 +80,35 @@ def test_a_batch_of_only_refused_instances_still_ends_with_node_instances_status
         ("", "failed", 6, "instance.item_id"), ("a", "failed", 6, "instance.instance"), ("b", "failed", 6, "uid")]
     assert list(nodes.instances) == []
     assert agent.launcher.node_instances_status().instances == []
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def test_a_uid_wider_than_uint32_is_refused_not_truncated_to_root(
+    contract_cm: ContractCM, start_agent: Callable[..., Agent]
+) -> None:
+    """protobuf decodes a uint32 varint of 2**32 as 0 without a word; run as uid 0 it would be
+    root. The frame decodes, so only the check of its raw bytes can see it."""
+    from contract import length_delimited_field
+
+    start_agent(contract_cm.address)
+    session = registered(contract_cm)
+    info_class = contract_cm.contract.message_class("servicemanager.v5.InstanceInfo")
+    info = info_class()
+    info.instance.item_id, info.instance.subject_id, info.runtime_id = "wide", "s", "rt"
+    uid_number = info_class.DESCRIPTOR.fields_by_name["uid"].number
+    raw_info = bytes(info.SerializeToString()) + _varint(uid_number << 3) + _varint(2**32)
+    assert info_class.FromString(raw_info).uid == 0  # what protobuf alone would have started
+    session.send_raw(length_delimited_field(4, length_delimited_field(1, raw_info)))
+    refused = session.wait_for("update_instances_status")
+    assert [(s.instance.item_id, s.state, s.error.aos_code) for s in refused.instances] == [("wide", "failed", 6)]
+    assert refused.instances[0].error.message.startswith("uid")
+    session.wait_for("node_instances_status", predicate=lambda m: not m.instances)
+    assert not session.closed.is_set() and len(contract_cm.sessions) == 1

@@ -81,10 +81,10 @@ class BlobStore:
                 hasher.update(chunk)
         if size is not None and actual_size != size:
             partial.unlink()
-            raise InvalidChecksum(f"blob {digest}: {actual_size} bytes, the descriptor says {size}")
+            raise InvalidChecksum(f"size mismatch: {actual_size} bytes, descriptor says {size} (blob {digest})")
         if hasher.hexdigest() != digest_hex(digest):
             partial.unlink()
-            raise InvalidChecksum(f"blob {digest}: content hashes to sha256:{hasher.hexdigest()}")
+            raise InvalidChecksum(f"checksum mismatch: blob {digest} hashes to sha256:{hasher.hexdigest()}")
 
     def _download(self, url: str, partial: Path, size: Optional[int]) -> None:
         scheme = urllib.parse.urlsplit(url).scheme
@@ -115,9 +115,9 @@ class BlobStore:
             if err.code == 416 and have:
                 # Range not satisfiable: what we have is (at least) the whole blob; verify decides.
                 return
-            raise Failed(f"download {url}: HTTP {err.code} {err.reason}") from err
+            raise Failed(f"download failed: HTTP {err.code} {err.reason} ({url})") from err
         except urllib.error.URLError as err:
-            raise Failed(f"download {url}: {err.reason}") from err
+            raise Failed(f"download failed: {err.reason} ({url})") from err
 
 
 def _copy(source: BinaryIO, target: BinaryIO) -> None:

@@ -152,7 +152,7 @@ def _member_parts(name: str) -> List[str]:
     """The components of a tar member name; refuses names that climb out with ``..``."""
     parts = [p for p in PurePosixPath(name).parts if p not in ("/", ".")]
     if not parts or ".." in parts:
-        raise InvalidArgument(f"layer entry {name!r} leaves the rootfs")
+        raise InvalidArgument(f"layer entry leaves the rootfs: {name!r}")
     return parts
 
 
@@ -176,7 +176,7 @@ def _resolve_directory(rootfs: Path, parts: List[str]) -> Path:
         if candidate.is_symlink():
             links += 1
             if links > _MAX_SYMLINKS:
-                raise InvalidArgument(f"layer path {'/'.join(parts)}: too many symlinks")
+                raise InvalidArgument(f"too many symlinks in layer path {'/'.join(parts)}")
             target = os.readlink(candidate)
             if target.startswith("/"):
                 resolved = []
@@ -185,7 +185,7 @@ def _resolve_directory(rootfs: Path, parts: List[str]) -> Path:
         if not candidate.exists():
             candidate.mkdir(mode=0o755)
         elif not candidate.is_dir():
-            raise InvalidArgument(f"layer path {'/'.join(parts)}: {part} is not a directory")
+            raise InvalidArgument(f"not a directory in layer path {'/'.join(parts)}: {part}")
         resolved.append(part)
     return rootfs.joinpath(*resolved)
 
@@ -220,7 +220,7 @@ def _extract_member(archive: tarfile.TarFile, member: tarfile.TarInfo, rootfs: P
     elif member.islnk():
         link_source = _member_path(rootfs, member.linkname)
         if not link_source.is_symlink() and not link_source.is_file():
-            raise InvalidArgument(f"layer hard link {member.name} -> {member.linkname}: no such file in the rootfs")
+            raise InvalidArgument(f"hard link target missing in layer: {member.name} -> {member.linkname}")
         os.link(link_source, target, follow_symlinks=False)
         return
     else:
@@ -255,14 +255,14 @@ def unpack_layer(path: Path, rootfs: Path, diff_id: str) -> None:
                     created.add(target)
             reader.drain()
         except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as err:
-            raise InvalidArgument(f"layer {path.name}: not a valid tar archive: {err}") from err
+            raise InvalidArgument(f"not a valid tar archive: {err} (layer {path.name})") from err
     for directory in opaque:
         for entry in list(directory.iterdir()) if directory.is_dir() else []:
             if entry not in created:
                 _remove(entry)
     actual = f"sha256:{reader.hasher.hexdigest()}"
     if actual != diff_id:
-        raise InvalidChecksum(f"layer {path.name}: uncompressed content is {actual}, the config says {diff_id}")
+        raise InvalidChecksum(f"diff id mismatch: layer {path.name} unpacks to {actual}, config says {diff_id}")
 
 
 @dataclass(frozen=True)

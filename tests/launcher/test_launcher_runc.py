@@ -118,6 +118,8 @@ def test_a_tampered_layer_fails_with_invalid_checksum_and_leaves_nothing(
     failed = sender.statuses()[-1]
     assert (failed.state, failed.error.aos_code) == ("failed", 10), failed
     assert layer_digest in failed.error.message
+    # CM keeps 64 characters of the message: the cause comes before the 71-character digest.
+    assert failed.error.message.startswith("checksum mismatch"), failed.error.message
     store = tmp_path / "work" / "launcher"
     assert not (store / "blobs" / "sha256" / layer_digest.split(":")[1]).exists()
     assert list((store / "blobs" / "partial").iterdir()) == []

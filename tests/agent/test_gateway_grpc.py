@@ -25,6 +25,7 @@ from tls import TLSMaterial
 from agent_helpers import make_config, registered
 
 from aos_sm.agent.app import Agent
+from aos_sm.agent.dispatch import UNDECODABLE_ALERT_INTERVAL
 from aos_sm.agent.errors import InvalidArgument, NotFound
 from aos_sm.agent.transport import GrpcTransport, TransportFailure
 from aos_sm.statemachine import recovery_for
@@ -114,6 +115,7 @@ def test_ten_thousand_random_frames_never_close_the_session_and_every_valid_requ
 ) -> None:
     agent = start_agent(contract_cm.address)
     session = registered(contract_cm)
+    started = time.monotonic()
     config = json.dumps({"nodeGroupSubject": {"codename": "main"}})
     versions = []
     for number, frame in enumerate(random_frames(seed=12, count=10_000)):
@@ -128,9 +130,11 @@ def test_ten_thousand_random_frames_never_close_the_session_and_every_valid_requ
     assert len(versions) == 100
     assert not session.closed.is_set() and len(contract_cm.sessions) == 1
     assert agent.gateway.sync_count == 1
-    # Rate-limited: at most one CoreAlert per request kind (and one for plain garbage).
+    # Rate-limited: at most one CoreAlert per request kind (and one for plain garbage) a minute;
+    # under emulation the flood can outlast a minute.
+    windows = int((time.monotonic() - started) // UNDECODABLE_ALERT_INTERVAL) + 1
     undecodable = [m for m in session.messages("alert") if "undecodable" in m.core_alert.message]
-    assert 1 <= len(undecodable) <= len(contract_cm.contract.incoming_kinds) + 1
+    assert 1 <= len(undecodable) <= (len(contract_cm.contract.incoming_kinds) + 1) * windows
 
 
 def test_a_v9_1_update_instances_gives_a_core_alert_and_the_stream_stays_up(

@@ -79,7 +79,7 @@ def test_a_batch_of_only_refused_instances_still_ends_with_node_instances_status
     assert [(s.instance.item_id, s.state, s.error.aos_code, s.error.message.split(":")[0]) for s in statuses] == [
         ("", "failed", 6, "instance.item_id"), ("a", "failed", 6, "instance.instance"), ("b", "failed", 6, "uid")]
     assert list(nodes.instances) == []
-    assert agent.launcher.node_instances_status().instances == []
+    assert list(agent.launcher.node_instances_status().instances) == []
 
 
 def _varint(value: int) -> bytes:

@@ -119,6 +119,18 @@ class ConfigError(InvalidArgument):
         self.key = key
 
 
+class ItemConfigError(InvalidArgument):
+    """A bad value in an image's Aos item config; the instance fails with ``invalidArgument``.
+
+    ``key`` is the offending key path as the item config spells it (``quotas.ramLimit``); the
+    message starts with it, since CM keeps only the first 64 characters.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"item config {key}: {message}")
+        self.key = key
+
+
 def error_info_ok() -> common_pb2.ErrorInfo:
     """The ``error`` the SM sends on success: code 0, no message (PROTOCOL.md always fills it)."""
     return common_pb2.ErrorInfo(aos_code=int(AosCode.NONE), exit_code=0, message="")

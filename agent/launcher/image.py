@@ -29,6 +29,7 @@ from typing import IO, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ..errors import InvalidArgument, InvalidChecksum
 from .blobs import BlobStore, digest_hex
+from .itemconfig import ItemConfig, parse_item_config
 
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
                   "application/vnd.docker.distribution.manifest.v2+json")
@@ -48,7 +49,7 @@ class Descriptor:
 class Manifest:
     config: Descriptor
     layers: Tuple[Descriptor, ...]
-    item_config: Optional[Descriptor]  # Aos's "aosService" descriptor, when the manifest has one
+    item_config: Optional[Descriptor]  # Aos's item config descriptor, when the manifest has one
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,13 @@ def parse_manifest(data: bytes) -> Manifest:
     layers = manifest.get("layers")
     if not isinstance(layers, list):
         raise InvalidArgument("image manifest: no layers list")
-    item = manifest.get("aosService")
+    # The item config's key was renamed aosService -> aosItemConfig (aos_core_cpp 37b6fc3f);
+    # older images still carry the first. When both are there the new name wins.
+    item_key = next((key for key in ("aosItemConfig", "aosService") if manifest.get(key) is not None), None)
     return Manifest(
         config=_descriptor(manifest.get("config"), "image manifest config"),
         layers=tuple(_descriptor(layer, f"image manifest layer {i}") for i, layer in enumerate(layers)),
-        item_config=_descriptor(item, "image manifest aosService") if item is not None else None,
+        item_config=_descriptor(manifest[item_key], f"image manifest {item_key}") if item_key else None,
     )
 
 
@@ -268,6 +271,7 @@ class Image:
     rootfs: Path
     config: ImageConfig
     blobs: Tuple[str, ...]  # every blob digest the image uses (manifest, config, layers, item config)
+    item_config: ItemConfig = ItemConfig()  # the defaults when the manifest names none
 
 
 Resolver = Callable[[List[str]], List[str]]
@@ -302,6 +306,9 @@ class ImageStore:
         extras = [manifest.config] + ([manifest.item_config] if manifest.item_config else [])
         self._fetch(resolver, extras)
         config = parse_image_config(self.blobs.path(manifest.config.digest).read_bytes())
+        item_config = ItemConfig()
+        if manifest.item_config is not None:
+            item_config = parse_item_config(self.blobs.path(manifest.item_config.digest).read_bytes())
         if len(config.diff_ids) != len(manifest.layers):
             raise InvalidArgument(
                 f"image {manifest_digest}: {len(manifest.layers)} layers but {len(config.diff_ids)} diff ids"
@@ -321,7 +328,7 @@ class ImageStore:
                 _remove(partial)
                 raise
             os.replace(partial, rootfs)
-        return Image(manifest_digest, rootfs, config, blobs)
+        return Image(manifest_digest, rootfs, config, blobs, item_config)
 
     def remove(self, manifest_digest: str) -> None:
         _remove(self.directory(manifest_digest))

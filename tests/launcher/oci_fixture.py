@@ -68,7 +68,10 @@ class TestImage:
 
 
 def build_image(layers: Sequence[bytes], *, entrypoint: Sequence[str] = (), cmd: Sequence[str] = (),
-                env: Sequence[str] = (), working_dir: str = "/") -> TestImage:
+                env: Sequence[str] = (), working_dir: str = "/", item_config: Optional[object] = None,
+                item_config_key: str = "aosItemConfig") -> TestImage:
+    """An image of ``layers``; ``item_config`` (a JSON value, or raw bytes) is named in the manifest
+    under ``item_config_key`` as Aos images do."""
     blobs: Dict[str, bytes] = {}
     descriptors = []
     for layer in layers:
@@ -82,12 +85,17 @@ def build_image(layers: Sequence[bytes], *, entrypoint: Sequence[str] = (), cmd:
         "rootfs": {"type": "layers", "diff_ids": [sha256(layer) for layer in layers]},
     }).encode()
     blobs[sha256(config)] = config
-    manifest = json.dumps({
+    document: Dict[str, object] = {
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(config),
                    "size": len(config)},
         "layers": descriptors,
-    }).encode()
+    }
+    if item_config is not None:
+        item = item_config if isinstance(item_config, bytes) else json.dumps(item_config).encode()
+        blobs[sha256(item)] = item
+        document[item_config_key] = {"mediaType": "application/json", "digest": sha256(item), "size": len(item)}
+    manifest = json.dumps(document).encode()
     blobs[sha256(manifest)] = manifest
     return TestImage(sha256(manifest), blobs)
 

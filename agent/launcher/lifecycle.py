@@ -358,11 +358,13 @@ class InvalidTransition(LifecycleError):
 class InstanceLife:
     """One instance's state machine: ``handle(event) -> effects``."""
 
-    def __init__(self, default_policy: RunPolicy = RunPolicy()) -> None:
+    def __init__(self, default_policy: RunPolicy = RunPolicy(), *, first_run: int = 0) -> None:
+        """``first_run``: the last run number of the life this one replaces, so that events of
+        that life's runs stay stale."""
         self.phase = P.Idle
         self.policy = default_policy
         self.problem: Optional[Problem] = None
-        self.run = 0
+        self.run = first_run
         self._starts: List[float] = []  # when each start of the current burst happened
         self._forget = False
         self._watched = False

@@ -160,7 +160,12 @@ def test_after_sigkill_running_instances_are_adopted_and_dead_ones_restarted_wit
         cm = contract_cm_factory(port=cm.port)
         session = cm.wait_session(timeout=30)
         first = session.wait_for("node_instances_status", 30)
-        assert sorted((s.instance.item_id, s.state) for s in first.instances) == [("kept", "active"), ("lost", "active")]
+        found = dict((s.instance.item_id, s.state) for s in first.instances)
+        # The restarted one is confirmed active only after its start window (INSTANCES.md).
+        assert found["kept"] == "active" and found["lost"] in ("activating", "active"), found
+        if found["lost"] == "activating":
+            session.wait_for("update_instances_status", 30, predicate=lambda update: any(
+                (s.instance.item_id, s.state) == ("lost", "active") for s in update.instances))
         assert process.poll() is None
     finally:
         for running in processes:

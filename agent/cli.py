@@ -157,7 +157,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_fsm(args: argparse.Namespace) -> int:
-    from aos_sm.statemachine import render_dot, render_mermaid
+    if args.instance:
+        from .launcher.lifecycle_diagram import render_dot, render_mermaid
+    else:
+        from aos_sm.statemachine import render_dot, render_mermaid
 
     if args.format == "mermaid":
         sys.stdout.write(render_mermaid())
@@ -205,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fsm = commands.add_parser("fsm", help="the session state diagram, drawn from the table the code runs")
     fsm.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
+    fsm.add_argument("--instance", action="store_true", help="the instance life cycle instead of the session")
     fsm.set_defaults(func=cmd_fsm)
 
     probe = commands.add_parser("probe", help="what this node would register: CPUs, DMIPS, RAM, cgroups")

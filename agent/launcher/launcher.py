@@ -39,7 +39,6 @@ from typing import (Callable, Deque, Dict, List, Mapping, Optional, Sequence, Se
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
-from ..atomic import write_atomic
 from ..errors import AosError, NotFound
 from ..messages import core_alert, now_timestamp
 from ..ports import (CrashRecord, InstanceKey, InstanceLogFile, InstanceMonitorPort, MonitoredInstance,
@@ -595,7 +594,7 @@ class Launcher:
                 bundle = self._bundle(instance.container_id)
                 bundle.mkdir(parents=True, exist_ok=True)
                 spec = build_runtime_spec(image.config, self._bundle_spec(instance, str(image.rootfs)))
-                write_atomic(bundle / "config.json", _json(spec), 0o644)
+                _write_bundle_config(bundle / "config.json", _json(spec))
                 runtime.delete(instance.container_id)  # a leftover of a run the agent did not see end
                 self._log_path(instance.container_id).parent.mkdir(parents=True, exist_ok=True)
                 reader, writer = open_output(bundle / "output.fifo")
@@ -779,3 +778,13 @@ class Launcher:
 
 def _json(spec: Mapping[str, object]) -> bytes:
     return json.dumps(spec, indent=2).encode()
+
+
+def _write_bundle_config(path: Path, data: bytes) -> None:
+    # Renamed into place so runc never reads half a file, but not fsynced: every start writes the
+    # bundle afresh (after a power cut there is no container to read it), and an fsync per
+    # instance is what would make a batch's parallel starts queue on the disk.
+    temporary = path.with_name(path.name + ".new")
+    temporary.write_bytes(data)
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, path)

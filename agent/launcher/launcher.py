@@ -54,7 +54,7 @@ from .lifecycle import (SETTLED, Adopted, CancelTimer, Create, Effect, Event, Ex
                         Watch)
 from .output import exit_status, open_output, record_output, reopen_output, set_subreaper
 from .plan import info_fingerprint, plan_update
-from .records import Exit, Instance, Run, container_id, problem_of
+from .records import Exit, Instance, Run, container_id, instance_status, problem_of
 from .runtime import OciRuntime
 from .store import LauncherStore, StoreError
 
@@ -431,8 +431,8 @@ class Launcher:
             if key not in self._instances:
                 # Not known here (a stop repeated, or CM's view is older): it is not running.
                 self._store.remove_instance(key)
-                self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=[
-                    Instance(sm_pb2.InstanceInfo(instance=key.to_ident()), self._container_id(key)).status()])))
+                unknown = instance_status(sm_pb2.InstanceInfo(instance=key.to_ident()), "inactive", None)
+                self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=[unknown])))
                 continue
             progress.waiting.add(key)
             self._guarded(key, StopRequested(forget=forget))

@@ -179,3 +179,29 @@ def test_one_hanging_blob_server_does_not_delay_the_other_nine_starts(
     sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
     final = {s.instance.item_id: s.state for s in sender.of_kind("node_instances_status")[0].instances}
     assert final == {**{f"svc{i}": "active" for i in range(9)}, "stuck": "failed"}
+
+
+def test_the_offline_clock_survives_an_agent_restart(
+    make_launcher, blob_server: BlobServer, layer: bytes
+) -> None:
+    import time
+
+    image = build_image([layer], entrypoint=SERVICE[:2], cmd=SERVICE[2:],
+                        item_config=quick_item_config(offlineTTL="60s"))
+    urls = blob_server.publish(image)
+    sender = RecordingSender()
+    # The first agent started 100 s ago with the cloud away, as far as it knew.
+    first = make_launcher(sender, resolver_for(urls), clock=lambda: time.time() - 100.0)
+    first.start()
+    first.update_instances(sm_pb2.UpdateInstances(start_instances=[info(image.manifest_digest, "ttl")]))
+    sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
+    assert states(sender, "ttl") == ["activating", "active"]  # 60 s TTL, 0 s offline by its clock
+    first.stop()  # the container keeps running, as after an agent SIGKILL
+
+    again = RecordingSender()
+    second = make_launcher(again, resolver_for({}))
+    second.start()
+    # Had the restart reset the clock, the instance would run for another 60 s; the stored clock
+    # says the cloud has been away 100 s: the adopted instance is stopped at once.
+    again.wait(lambda s: states(s, "ttl")[-1:] == ["inactive"], timeout=30)
+    assert [(s.instance.item_id, s.state) for s in second.node_instances_status().instances] == [("ttl", "inactive")]

@@ -158,21 +158,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_fsm(args: argparse.Namespace) -> int:
     if args.instance:
-        from .launcher.lifecycle_diagram import render_dot, render_mermaid
+        from .launcher.lifecycle_diagram import render_dot as instance_dot, render_mermaid as instance_mermaid
+
+        mermaid, dot_source = instance_mermaid(), instance_dot()
     else:
         from aos_sm.statemachine import render_dot, render_mermaid
 
+        mermaid, dot_source = render_mermaid(), render_dot()
     if args.format == "mermaid":
-        sys.stdout.write(render_mermaid())
+        sys.stdout.write(mermaid)
         return EXIT_OK
     if args.format == "dot":
-        sys.stdout.write(render_dot())
+        sys.stdout.write(dot_source)
         return EXIT_OK
     dot = shutil.which("dot")
     if dot is None:
         print("aos-sm fsm --format svg needs Graphviz's `dot` (apt-get install graphviz)", file=sys.stderr)
         return EXIT_USAGE
-    result = subprocess.run([dot, "-Tsvg"], input=render_dot().encode(), capture_output=True, check=False)
+    result = subprocess.run([dot, "-Tsvg"], input=dot_source.encode(), capture_output=True, check=False)
     if result.returncode != 0:
         sys.stderr.write(result.stderr.decode(errors="replace"))
         return EXIT_FAILURE

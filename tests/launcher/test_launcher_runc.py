@@ -179,7 +179,8 @@ def test_commands_during_a_batch_are_queued_and_unchanged_instances_are_untouche
     launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[changed]))
     sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 3)
     assert states(sender, "one") == ["activating", "active", "active"]  # the second batch kept it running
-    assert states(sender, "two") == ["activating", "active", "activating", "active"]  # restarted on change
+    # Restarted on change: stopped (inactive), then started (INSTANCES.md "Statuses").
+    assert states(sender, "two") == ["activating", "active", "inactive", "activating", "active"]
     final = sender.of_kind("node_instances_status")[-1]
     assert sorted((s.instance.item_id, s.state) for s in final.instances) == [("one", "active"), ("two", "active")]
 

@@ -20,6 +20,8 @@ from .logs.build import build_logs
 from .logs.service import LogService
 from .nodeconfig import NodeConfigState
 from .launcher import Launcher
+from .launcher.bundle import CpuCapacity
+from .launcher.resources import HostResources
 from .nodeconfig_store import NodeConfigService
 from .messages import core_alert
 from .monitoring import Monitor
@@ -124,6 +126,8 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         monitor=monitor,
         cgroup_parent=config.cgroup_parent,
         image_ttl=config.image_ttl,
+        resources=HostResources(config.resources_config_file, root),
+        cpu=CpuCapacity.of_node(capacity),
     )
     cloud = CloudConnection()
     # The offline TTL clock runs on the cloud status CM relays.

@@ -131,6 +131,16 @@ class ItemConfigError(InvalidArgument):
         self.key = key
 
 
+class ResourceUnavailable(NotFound):
+    """A resource the node's resources config offers but this node cannot give (a missing
+    device or group): the start fails with ``notFound`` and CM also gets a ResourceAllocateAlert
+    naming ``resource``."""
+
+    def __init__(self, resource: str, message: str) -> None:
+        super().__init__(message)
+        self.resource = resource
+
+
 def error_info_ok() -> common_pb2.ErrorInfo:
     """The ``error`` the SM sends on success: code 0, no message (PROTOCOL.md always fills it)."""
     return common_pb2.ErrorInfo(aos_code=int(AosCode.NONE), exit_code=0, message="")

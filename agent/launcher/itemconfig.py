@@ -203,7 +203,8 @@ def _resource(value: Any, position: int) -> ResourceRequest:
         name = entry.get("name")
         raw_mode = entry.get("mode")
         if raw_mode is not None:
-            if not isinstance(raw_mode, str) or not _DEVICE_MODE.fullmatch(raw_mode) or len(set(raw_mode)) != len(raw_mode):
+            valid = isinstance(raw_mode, str) and _DEVICE_MODE.fullmatch(raw_mode) is not None
+            if not valid or len(set(raw_mode)) != len(raw_mode):
                 raise ItemConfigError(f"{key}.mode", f"{_show(raw_mode)} is not a device access (letters of rwm)")
             mode = "".join(letter for letter in "rwm" if letter in raw_mode)
     else:

@@ -39,12 +39,12 @@ from typing import (Callable, Deque, Dict, List, Mapping, Optional, Sequence, Se
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
-from ..errors import AosError, NotFound
+from ..errors import AosError, NotFound, ResourceUnavailable
 from ..messages import core_alert, now_timestamp
 from ..ports import (CrashRecord, InstanceKey, InstanceLogFile, InstanceMonitorPort, MonitoredInstance,
                      Sender)
 from .blobs import BlobStore
-from .bundle import BundleSpec, build_runtime_spec
+from .bundle import BundleSpec, CpuCapacity, build_runtime_spec
 from .gc import collect_garbage
 from .image import Image, ImageStore, Resolver
 from .lifecycle import (SETTLED, Adopted, CancelTimer, Create, Effect, Event, ExitStatus, Exited, Faulted,
@@ -55,6 +55,7 @@ from .lifecycle import (SETTLED, Adopted, CancelTimer, Create, Effect, Event, Ex
 from .output import exit_status, open_output, record_output, reopen_output, set_subreaper
 from .plan import info_fingerprint, plan_update
 from .records import Exit, Instance, Run, container_id, instance_status, problem_of
+from .resources import NoResources, ResourceSource
 from .runtime import OciRuntime
 from .store import LauncherStore, StoreError
 
@@ -129,10 +130,14 @@ class Launcher:
         observer: Optional[Observer] = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        resources: Optional[ResourceSource] = None,
+        cpu: Optional[CpuCapacity] = None,
     ) -> None:
         """``runtimes`` maps runtime_id -> (type, binary) for the runtimes this node can run;
         ``parallel`` bounds the pulls, creates and stops running at once; ``observer`` hears
-        every phase an instance enters (benchmarks)."""
+        every phase an instance enters (benchmarks); ``resources`` grants the item configs'
+        resources (none without it); ``cpu`` is the node capacity a ``cpuDMIPSLimit`` is computed
+        from (such items fail without it)."""
         self._sender = sender
         self._root = working_dir / "launcher"
         self._root.mkdir(parents=True, exist_ok=True)
@@ -145,6 +150,8 @@ class Launcher:
         self._observer = observer
         self._clock = clock
         self._monotonic = monotonic
+        self._resources: ResourceSource = resources or NoResources()
+        self._cpu = cpu
         self._runtimes = {
             runtime_id: OciRuntime(binary, self._root / "runtime" / kind) for runtime_id, (kind, binary) in runtimes.items()
         }
@@ -593,7 +600,7 @@ class Launcher:
                 self._touch_image(image.manifest_digest)
                 bundle = self._bundle(instance.container_id)
                 bundle.mkdir(parents=True, exist_ok=True)
-                spec = build_runtime_spec(image.config, self._bundle_spec(instance, str(image.rootfs)))
+                spec = build_runtime_spec(image.config, self._bundle_spec(instance, image))
                 _write_bundle_config(bundle / "config.json", _json(spec))
                 runtime.delete(instance.container_id)  # a leftover of a run the agent did not see end
                 self._log_path(instance.container_id).parent.mkdir(parents=True, exist_ok=True)
@@ -607,6 +614,10 @@ class Launcher:
                     os.close(writer)
             except Exception as err:
                 log.warning("instance %s failed to start: %s", key, err)
+                if isinstance(err, ResourceUnavailable):
+                    self._sender.send(Out(alert=sm_pb2.Alert(timestamp=now_timestamp(), resource_allocate_alert=(
+                        sm_pb2.ResourceAllocateAlert(instance=instance.info.instance, resource=err.resource,
+                                                     message=err.message)))))
                 if runtime is not None:
                     with contextlib.suppress(AosError):
                         runtime.delete(instance.container_id)  # nothing half-created stays behind
@@ -638,7 +649,7 @@ class Launcher:
             instance.run = None
         self._post(key, Stopped(run))
 
-    def _bundle_spec(self, instance: Instance, rootfs: str) -> BundleSpec:
+    def _bundle_spec(self, instance: Instance, image: Image) -> BundleSpec:
         info = instance.info
         state_is_file = True
         if info.storage_path:
@@ -650,11 +661,15 @@ class Launcher:
             elif not state.exists():
                 state.parent.mkdir(parents=True, exist_ok=True)
                 state.touch()
+        ident = info.instance
         return BundleSpec(
-            rootfs=rootfs, hostname=instance.container_id, cgroups_path="/" + self._cgroup(instance.container_id),
+            rootfs=str(image.rootfs), hostname=instance.container_id,
+            cgroups_path="/" + self._cgroup(instance.container_id),
             uid=info.uid, gid=info.gid, env_vars=tuple((e.name, e.value) for e in info.env_vars),
             priority=info.priority, storage_path=info.storage_path, state_path=info.state_path,
-            state_is_file=state_is_file,
+            state_is_file=state_is_file, item_id=ident.item_id, subject_id=ident.subject_id,
+            instance_index=ident.instance, item_config=image.item_config,
+            resources=self._resources.grant(image.item_config.resources), cpu=self._cpu,
         )
 
     def _monitored(self, key: InstanceKey, instance: Instance) -> MonitoredInstance:

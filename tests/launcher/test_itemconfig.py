@@ -162,8 +162,9 @@ def _manifest(**extra: Any) -> bytes:
 
 def test_the_manifest_names_the_item_config_under_either_key_preferring_aos_item_config() -> None:
     new, old = "sha256:" + "1" * 64, "sha256:" + "2" * 64
-    assert parse_manifest(_manifest(aosItemConfig={"digest": new})).item_config.digest == new  # type: ignore[union-attr]
-    assert parse_manifest(_manifest(aosService={"digest": old})).item_config.digest == old  # type: ignore[union-attr]
+    for key, digest in (("aosItemConfig", new), ("aosService", old)):
+        item = parse_manifest(_manifest(**{key: {"digest": digest}})).item_config
+        assert item is not None and item.digest == digest
     both = parse_manifest(_manifest(aosService={"digest": old}, aosItemConfig={"digest": new}))
     assert both.item_config is not None and both.item_config.digest == new
     assert parse_manifest(_manifest()).item_config is None

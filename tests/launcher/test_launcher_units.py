@@ -70,7 +70,7 @@ def test_bundle_spec_from_image_config_and_instance_info() -> None:
     process = spec["process"]
     assert process["args"] == ["/bin/app", "--serve"] and process["cwd"] == "/work"
     assert process["user"] == {"uid": 5, "gid": 6}
-    assert process["env"][0].startswith("PATH=") and process["env"][1:] == ["A=image", "B=cm"]
+    assert process["env"][0].startswith("PATH=") and process["env"][-2:] == ["A=image", "B=cm"]
     assert process["oomScoreAdj"] == -999
     assert spec["root"] == {"path": "/r", "readonly": True}
     assert spec["linux"]["cgroupsPath"] == "/aos/x"

@@ -26,9 +26,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -39,24 +37,21 @@ from typing import (Callable, Deque, Dict, List, Mapping, Optional, Sequence, Se
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
-from ..errors import AosError, NotFound, ResourceUnavailable
+from ..errors import AosError, ResourceUnavailable
 from ..messages import core_alert, now_timestamp
-from ..ports import (CrashRecord, InstanceKey, InstanceLogFile, InstanceMonitorPort, MonitoredInstance,
-                     Sender)
-from .blobs import BlobStore
-from .bundle import BundleSpec, CpuCapacity, build_runtime_spec
-from .gc import collect_garbage
-from .image import Image, ImageStore, Resolver
+from ..ports import CrashRecord, InstanceKey, InstanceLogFile, InstanceMonitorPort, Sender
+from .bundle import CpuCapacity
+from .containers import Containers
+from .image import Image, Resolver
 from .lifecycle import (SETTLED, Adopted, CancelTimer, Create, Effect, Event, ExitStatus, Exited, Faulted,
                         Forget, Halt, Ignored, ImageReady, InstanceLife, LaunchFailed, LifecycleError,
                         OfflineClock, Phase, ProcessRunning, Pull, Reap, Report, RunPolicy,
                         StartRequested, StartTimer, StopFailed, Stopped, StopRequested, TtlExpired, Unwatch,
                         Watch)
-from .output import exit_status, open_output, record_output, reopen_output, set_subreaper
+from .output import exit_status, record_output, set_subreaper
 from .plan import info_fingerprint, plan_update
-from .records import Exit, Instance, Run, container_id, instance_status, problem_of
-from .resources import NoResources, ResourceSource
-from .runtime import OciRuntime
+from .records import Exit, Instance, Run, instance_status, problem_of
+from .resources import ResourceSource
 from .store import LauncherStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -139,25 +134,23 @@ class Launcher:
         resources (none without it); ``cpu`` is the node capacity a ``cpuDMIPSLimit`` is computed
         from (such items fail without it)."""
         self._sender = sender
-        self._root = working_dir / "launcher"
-        self._root.mkdir(parents=True, exist_ok=True)
+        root = working_dir / "launcher"
+        root.mkdir(parents=True, exist_ok=True)
         self._resolver = resolver
         self._monitor = monitor
-        self._cgroup_parent = cgroup_parent.strip("/")
         self._image_ttl = image_ttl
-        self._stop_timeout = stop_timeout
         self._policy_of = policy_of
         self._observer = observer
         self._clock = clock
         self._monotonic = monotonic
-        self._resources: ResourceSource = resources or NoResources()
-        self._cpu = cpu
-        self._runtimes = {
-            runtime_id: OciRuntime(binary, self._root / "runtime" / kind) for runtime_id, (kind, binary) in runtimes.items()
-        }
-        self._store = LauncherStore(self._root / "launcher.db")
-        self._images = ImageStore(self._root / "images", BlobStore(self._root / "blobs"))
-        self._pool = concurrent.futures.ThreadPoolExecutor(max(1, parallel), thread_name_prefix="launcher-task")
+        self._store = LauncherStore(root / "launcher.db")
+        self._containers = Containers(root=root, runtimes=runtimes, store=self._store,
+                                      cgroup_parent=cgroup_parent.strip("/"), stop_timeout=stop_timeout,
+                                      clock=clock, resources=resources, cpu=cpu)
+        # Two pools: downloads may hang for minutes on a bad network, and must never hold up the
+        # creates and stops of other instances.
+        self._pulls = concurrent.futures.ThreadPoolExecutor(max(1, parallel), thread_name_prefix="launcher-pull")
+        self._runs = concurrent.futures.ThreadPoolExecutor(max(1, parallel), thread_name_prefix="launcher-run")
         self._lock = threading.Lock()
         self._instances: Dict[InstanceKey, Instance] = {}
         self._jobs: "queue.Queue[Optional[_Job]]" = queue.Queue()
@@ -169,8 +162,6 @@ class Launcher:
         self._offline = OfflineClock(None)
         self._ttl_timer: Optional[threading.Timer] = None
         self._ttl_deadline: Optional[float] = None
-        self._image_locks: Dict[str, threading.Lock] = {}
-        self._touched: Dict[str, float] = {}
         self.subreaper = False
 
     # --- LauncherPort
@@ -186,8 +177,8 @@ class Launcher:
 
     def instance_logs(self) -> Sequence[InstanceLogFile]:
         with self._lock:
-            return [InstanceLogFile(key, self._log_path(i.container_id), self._cgroup(i.container_id))
-                    for key, i in self._instances.items()]
+            return [InstanceLogFile(key, self._containers.log_path(i.container_id),
+                                    self._containers.cgroup(i.container_id)) for key, i in self._instances.items()]
 
     def crashes(self) -> Sequence[CrashRecord]:
         return self._store.crashes()
@@ -211,7 +202,7 @@ class Launcher:
             log.error("%s", err)
             self._sender.send(core_alert(str(err)))
             stored = {}
-        self._remove_strays({container for _, container in stored.values()})
+        self._containers.remove_strays({container for _, container in stored.values()})
         restore: List[InstanceKey] = []
         for key, (info, container) in stored.items():
             instance = Instance(info, container)
@@ -240,7 +231,8 @@ class Launcher:
                 instance.timer.cancel()
         if self._ttl_timer is not None:
             self._ttl_timer.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pulls.shutdown(wait=False, cancel_futures=True)
+        self._runs.shutdown(wait=False, cancel_futures=True)
         if self.subreaper:
             self.subreaper = not set_subreaper(False)
 
@@ -257,10 +249,8 @@ class Launcher:
         for key, instance in instances.items():
             if instance.timer is not None:
                 instance.timer.cancel()
-            runtime = self._runtimes.get(instance.info.runtime_id)
             with contextlib.suppress(AosError):
-                if runtime is not None:
-                    runtime.delete(instance.container_id)
+                self._containers.halt(instance, None)
                 self._store.remove_instance(key)
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
@@ -348,11 +338,11 @@ class Launcher:
         if isinstance(effect, Report):
             self._send_status(instance)
         elif isinstance(effect, Pull):
-            self._submit(self._pull, key, instance, effect.run)
+            self._submit(self._pulls, self._pull, key, instance, effect.run)
         elif isinstance(effect, Create):
-            self._submit(self._create, key, instance, effect.run)
+            self._submit(self._runs, self._create, key, instance, effect.run)
         elif isinstance(effect, Halt):
-            self._submit(self._halt, key, instance, effect.run)
+            self._submit(self._runs, self._halt, key, instance, effect.run)
         elif isinstance(effect, StartTimer):
             self._arm(key, instance, effect)
         elif isinstance(effect, CancelTimer):
@@ -360,7 +350,7 @@ class Launcher:
                 instance.timer.cancel()
                 instance.timer = None
         elif isinstance(effect, Watch):
-            self._monitor.register_instance(self._monitored(key, instance))
+            self._monitor.register_instance(self._containers.monitored(key, instance))
         elif isinstance(effect, Unwatch):
             self._monitor.unregister_instance(key)
         elif isinstance(effect, Reap):
@@ -372,8 +362,8 @@ class Launcher:
         elif isinstance(effect, Ignored):
             log.debug("instance %s: %s ignored: %s", key, type(effect.event).__name__, effect.reason)
 
-    def _submit(self, task: Callable[[InstanceKey, Instance, int], None], key: InstanceKey, instance: Instance,
-                run: int) -> None:
+    def _submit(self, pool: concurrent.futures.ThreadPoolExecutor, task: Callable[[InstanceKey, Instance, int], None],
+                key: InstanceKey, instance: Instance, run: int) -> None:
         self._count(+1)
 
         def guarded() -> None:
@@ -382,7 +372,7 @@ class Launcher:
             finally:
                 self._count(-1)
 
-        self._pool.submit(guarded)
+        pool.submit(guarded)
 
     def _arm(self, key: InstanceKey, instance: Instance, effect: StartTimer) -> None:
         if instance.timer is not None:
@@ -453,7 +443,7 @@ class Launcher:
                 old.timer.cancel()
             life = InstanceLife(first_run=old.life.run if old is not None else 0)
             with self._lock:
-                self._instances[key] = Instance(info, self._container_id(key), life)
+                self._instances[key] = Instance(info, self._containers.container_id(key), life)
             keys.append(key)
         keys += list(progress.batch.restore)
         progress.waiting.update(keys)
@@ -499,7 +489,7 @@ class Launcher:
             for info in pending:
                 key = InstanceKey.from_ident(info.instance)
                 with self._lock:
-                    self._instances[key] = Instance(info, self._container_id(key))
+                    self._instances[key] = Instance(info, self._containers.container_id(key))
                 progress.waiting.add(key)
         for key in list(progress.waiting):
             with contextlib.suppress(Exception):
@@ -555,34 +545,12 @@ class Launcher:
             self._ttl_timer.daemon = True
             self._ttl_timer.start()
 
-    # --- naming
-
-    def _container_id(self, key: InstanceKey) -> str:
-        return container_id(self._cgroup_parent, key)
-
-    def _cgroup(self, container: str) -> str:
-        return f"{self._cgroup_parent}/{container}"
-
-    def _log_path(self, container: str) -> Path:
-        return self._root / "logs" / f"{container}.log"
-
-    def _bundle(self, container: str) -> Path:
-        return self._root / "bundles" / container
-
     # --- pool tasks: each ends by posting exactly one event
-
-    def _pull_image(self, digest: str, resolver: Resolver) -> Image:
-        # Instances of one image start in parallel: one pulls and unpacks, the others wait for it.
-        with self._lock:
-            lock = self._image_locks.setdefault(digest, threading.Lock())
-        with lock:
-            return self._images.pull(digest, resolver)
 
     def _pull(self, key: InstanceKey, instance: Instance, run: int) -> None:
         try:
-            if instance.info.runtime_id not in self._runtimes:
-                raise NotFound(f"runtime {instance.info.runtime_id!r} is not available on this node")
-            image = self._pull_image(instance.info.manifest_digest, self._resolver)
+            self._containers.runtime(instance)  # no pull for an instance this node cannot run
+            image = self._containers.pull(instance.info.manifest_digest, self._resolver)
             policy = self._policy_of(image)
             instance.image = image
             self._post(key, ImageReady(run, policy))
@@ -591,36 +559,16 @@ class Launcher:
             self._post(key, LaunchFailed(run, problem_of(err)))
 
     def _create(self, key: InstanceKey, instance: Instance, run: int) -> None:
-        runtime = self._runtimes.get(instance.info.runtime_id)
         with instance.lock:
             try:
-                if runtime is None:
-                    raise NotFound(f"runtime {instance.info.runtime_id!r} is not available on this node")
-                image = instance.image or self._pull_image(instance.info.manifest_digest, self._resolver)
-                self._touch_image(image.manifest_digest)
-                bundle = self._bundle(instance.container_id)
-                bundle.mkdir(parents=True, exist_ok=True)
-                spec = build_runtime_spec(image.config, self._bundle_spec(instance, image))
-                _write_bundle_config(bundle / "config.json", _json(spec))
-                runtime.delete(instance.container_id)  # a leftover of a run the agent did not see end
-                self._log_path(instance.container_id).parent.mkdir(parents=True, exist_ok=True)
-                reader, writer = open_output(bundle / "output.fifo")
-                try:
-                    pid = runtime.run_detached(instance.container_id, bundle, writer)
-                except BaseException:
-                    os.close(reader)
-                    raise
-                finally:
-                    os.close(writer)
+                image = instance.image or self._containers.pull(instance.info.manifest_digest, self._resolver)
+                reader, pid = self._containers.create(instance, image)
             except Exception as err:
                 log.warning("instance %s failed to start: %s", key, err)
                 if isinstance(err, ResourceUnavailable):
                     self._sender.send(Out(alert=sm_pb2.Alert(timestamp=now_timestamp(), resource_allocate_alert=(
                         sm_pb2.ResourceAllocateAlert(instance=instance.info.instance, resource=err.resource,
                                                      message=err.message)))))
-                if runtime is not None:
-                    with contextlib.suppress(AosError):
-                        runtime.delete(instance.container_id)  # nothing half-created stays behind
                 self._post(key, LaunchFailed(run, problem_of(err)))
                 return
             # ProcessRunning is posted before the output thread starts, so an exit always follows it.
@@ -628,55 +576,19 @@ class Launcher:
             self._follow(key, instance, reader, pid, run)
 
     def _halt(self, key: InstanceKey, instance: Instance, run: int) -> None:
-        runtime = self._runtimes.get(instance.info.runtime_id)
         with instance.lock:
             current = instance.run
             try:
-                if runtime is not None:
-                    if current is not None and not current.exited.is_set():
-                        runtime.kill(instance.container_id, "TERM")
-                        if not current.exited.wait(self._stop_timeout):
-                            runtime.kill(instance.container_id, "KILL")
-                            current.exited.wait(self._stop_timeout)
-                    runtime.delete(instance.container_id)
+                self._containers.halt(instance, current)
             except Exception as err:
                 log.error("stopping %s: %s", key, err)
                 self._post(key, StopFailed(run, problem_of(err)))
                 return
             finally:
                 if current is not None:
-                    self._touch_image(instance.info.manifest_digest)
+                    self._containers.touch_image(instance.info.manifest_digest)
             instance.run = None
         self._post(key, Stopped(run))
-
-    def _bundle_spec(self, instance: Instance, image: Image) -> BundleSpec:
-        info = instance.info
-        state_is_file = True
-        if info.storage_path:
-            Path(info.storage_path).mkdir(parents=True, exist_ok=True)
-        if info.state_path:
-            state = Path(info.state_path)
-            if state.is_dir():
-                state_is_file = False
-            elif not state.exists():
-                state.parent.mkdir(parents=True, exist_ok=True)
-                state.touch()
-        ident = info.instance
-        return BundleSpec(
-            rootfs=str(image.rootfs), hostname=instance.container_id,
-            cgroups_path="/" + self._cgroup(instance.container_id),
-            uid=info.uid, gid=info.gid, env_vars=tuple((e.name, e.value) for e in info.env_vars),
-            priority=info.priority, storage_path=info.storage_path, state_path=info.state_path,
-            state_is_file=state_is_file, item_id=ident.item_id, subject_id=ident.subject_id,
-            instance_index=ident.instance, item_config=image.item_config,
-            resources=self._resources.grant(image.item_config.resources), cpu=self._cpu,
-        )
-
-    def _monitored(self, key: InstanceKey, instance: Instance) -> MonitoredInstance:
-        partitions = tuple((name, Path(path)) for name, path in
-                           (("storage", instance.info.storage_path), ("state", instance.info.state_path)) if path)
-        return MonitoredInstance(key, instance.info.runtime_id, self._cgroup(instance.container_id),
-                                 instance.info.monitoring_parameters, partitions)
 
     def _follow(self, key: InstanceKey, instance: Instance, reader: int, pid: int, run_number: int,
                 started_at: Optional[datetime] = None) -> None:
@@ -687,7 +599,7 @@ class Launcher:
             run.exited.set()
             self._enqueue(Exit(key, run, status, when))
 
-        record_output(reader, self._log_path(instance.container_id), pid, on_exit)
+        record_output(reader, self._containers.log_path(instance.container_id), pid, on_exit)
 
     # --- exits
 
@@ -702,20 +614,15 @@ class Launcher:
         """The process ended on its own: remove its container, keep a crash record, alert CM."""
         run = instance.run
         instance.run = None
-        runtime = self._runtimes.get(instance.info.runtime_id)
-        if runtime is not None:
-            try:
-                runtime.delete(instance.container_id)
-            except AosError as err:
-                log.error("removing the ended container of %s: %s", key, err)
+        self._containers.remove(instance)
         when = instance.exit_when or datetime.now(timezone.utc)
         if run is not None:
             try:
-                self._store.add_crash(CrashRecord(key, self._log_path(instance.container_id), run.started_at, when,
-                                                  status.description))
+                self._store.add_crash(CrashRecord(key, self._containers.log_path(instance.container_id),
+                                                  run.started_at, when, status.description))
             except StoreError as err:
                 log.error("%s", err)
-        self._touch_image(instance.info.manifest_digest)
+        self._containers.touch_image(instance.info.manifest_digest)
         log.warning("instance %s %s", key, status.description)
         self._sender.send(Out(alert=sm_pb2.Alert(
             timestamp=now_timestamp(),
@@ -727,32 +634,20 @@ class Launcher:
 
     def _local_policy(self, instance: Instance) -> RunPolicy:
         """The run policy of an instance whose image is already here (no download after a restart)."""
-
-        def offline(digests: List[str]) -> List[str]:
-            raise NotFound(f"{len(digests)} blobs not stored locally")
-
         try:
-            instance.image = self._pull_image(instance.info.manifest_digest, offline)
+            instance.image = self._containers.local_image(instance.info.manifest_digest)
             return self._policy_of(instance.image)
         except Exception as err:
-            log.info("instance %s: image not usable locally (%s): default run policy until pulled", instance.info.instance.item_id, err)
+            log.info("instance %s: no usable local image (%s): the default run policy until pulled",
+                     instance.info.instance.item_id, err)
             return RunPolicy()
 
     def _adopt(self, key: InstanceKey, instance: Instance) -> bool:
         """True when the instance's container still runs and its output FIFO could be reopened."""
-        runtime = self._runtimes.get(instance.info.runtime_id)
-        if runtime is None:
+        running = self._containers.still_running(instance)
+        if running is None:
             return False
-        try:
-            state = runtime.state(instance.container_id)
-        except AosError as err:
-            log.warning("state of %s: %s", key, err)
-            return False
-        if state is None or state.status != "running":
-            return False
-        reader = reopen_output(self._bundle(instance.container_id) / "output.fifo")
-        if reader is None:
-            return False
+        reader, state = running
         self._feed(key, Adopted(instance.life.policy, self._monotonic()))
         # The run began when the container was created, not when we adopted it: a crash record's
         # time range must cover the lines it wrote before the agent came back.
@@ -760,46 +655,7 @@ class Launcher:
         log.info("instance %s adopted: container %s still runs (pid %d)", key, instance.container_id, state.pid)
         return True
 
-    def _remove_strays(self, wanted: Set[str]) -> None:
-        """Delete containers in our runtimes' state roots that no stored instance owns: the agent
-        died between stopping one and forgetting it, or CM's stop arrived while it was down."""
-        for runtime in self._runtimes.values():
-            try:
-                strays = [c for c in runtime.list_ids() if c not in wanted]
-                for container in strays:
-                    log.warning("container %s belongs to no instance: removed", container)
-                    runtime.delete(container)
-            except AosError as err:
-                log.error("looking for stray containers: %s", err)
-
-    def _touch_image(self, digest: str) -> None:
-        # One durable write per image per minute is plenty for a TTL counted in hours; a batch of
-        # twenty instances of one image would otherwise pay twenty fsyncs for the same fact.
-        now = self._clock()
-        with self._lock:
-            if now - self._touched.get(digest, float("-inf")) < 60.0:
-                return
-            self._touched[digest] = now
-        try:
-            self._store.touch_image(digest, now)
-        except StoreError as err:
-            log.error("%s", err)
-
     def _collect_garbage(self) -> None:
         with self._lock:
             in_use = {i.info.manifest_digest for i in self._instances.values()}
-        collect_garbage(self._store, self._images, in_use, self._clock(), self._image_ttl)
-
-
-def _json(spec: Mapping[str, object]) -> bytes:
-    return json.dumps(spec, indent=2).encode()
-
-
-def _write_bundle_config(path: Path, data: bytes) -> None:
-    # Renamed into place so runc never reads half a file, but not fsynced: every start writes the
-    # bundle afresh (after a power cut there is no container to read it), and an fsync per
-    # instance is what would make a batch's parallel starts queue on the disk.
-    temporary = path.with_name(path.name + ".new")
-    temporary.write_bytes(data)
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, path)
+        self._containers.collect_garbage(in_use, self._image_ttl)

@@ -291,7 +291,11 @@ class Launcher:
 
     def _do(self, job: _Job) -> None:
         if isinstance(job, _Post):
-            self._feed(job.key, job.event)
+            if isinstance(job.event, ImageReady) and self._expired_on_arrival(job.key, job.event):
+                # The item config just read says it may not run this long offline: never create it.
+                self._guarded(job.key, TtlExpired())
+            else:
+                self._feed(job.key, job.event)
         elif isinstance(job, Exit):
             self._exited(job)
         elif isinstance(job, _Batch):
@@ -518,6 +522,11 @@ class Launcher:
         if clock != self._offline:
             self._offline = clock
             self._store.set_offline_since(clock.since)
+
+    def _expired_on_arrival(self, key: InstanceKey, event: ImageReady) -> bool:
+        instance = self._instances.get(key)
+        return (instance is not None and instance.life.run == event.run
+                and self._offline.expired(event.policy.offline_ttl, self._clock()))
 
     def _check_ttl(self) -> None:
         """Stop what outlived its TTL; arm one timer to the nearest remaining deadline."""

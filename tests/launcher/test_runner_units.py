@@ -108,3 +108,41 @@ def test_the_store_raises_its_own_named_error(tmp_path: Path) -> None:
     assert isinstance(caught.value, Failed) and caught.value.__cause__ is not None
     with pytest.raises(StoreError, match="reading the offline clock"):
         store.offline_since()
+
+
+def test_an_image_whose_ttl_passed_while_offline_is_pulled_but_never_created(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from oci_fixture import build_image
+
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as archive:
+        entry = tarfile.TarInfo("hello")
+        entry.size = 2
+        archive.addfile(entry, io.BytesIO(b"hi"))
+    image = build_image([layer.getvalue()], entrypoint=["/hello"], item_config={"offlineTTL": "2s"})
+    served = tmp_path / "served"
+    served.mkdir()
+    urls = {}
+    for digest, blob in image.blobs.items():
+        (served / digest.split(":")[1]).write_bytes(blob)
+        urls[digest] = (served / digest.split(":")[1]).as_uri()
+    now = [1000.0]
+    sender = RecordingSender()
+    # "runc" is never run: the TTL stops the instance between its pull and its create.
+    launcher = Launcher(sender=sender, working_dir=tmp_path / "work", runtimes={"rt": ("runc", "runc")},
+                        resolver=lambda digests: [urls[d] for d in digests], monitor=NullMonitor(),
+                        cgroup_parent="aos-sm-runner-unit", clock=lambda: now[0])
+    launcher.start()  # the cloud is not known to be connected: offline since 1000
+    try:
+        now[0] = 1010.0
+        late = info("late", runtime="rt")
+        late.manifest_digest = image.manifest_digest
+        launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[late]))
+        sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
+        assert [s.state for s in sender.statuses()] == ["activating", "inactive"]
+        assert not (tmp_path / "work" / "launcher" / "bundles").exists()  # no container was created
+        assert [s.state for s in launcher.node_instances_status().instances] == ["inactive"]
+    finally:
+        launcher.stop()

@@ -6,8 +6,9 @@ Theory of operation:
   feeds back what happened as events.
 - One worker thread owns the lives: it alone feeds them, taking jobs in order from one queue:
   CM's batches, outcomes posted by pool tasks, timers, process exits, cloud status changes.
-- Effects that block (pull, create, halt) run in a bounded thread pool and post their outcome as
-  an event, so the worker never waits on a container and one slow image pull delays nobody else.
+- Effects that block (pull, create, halt; ``containers.py`` does them) run in two bounded pools,
+  one for downloads and one for creates and stops, and post their outcome as an event: the worker
+  never waits on a container, and one slow image pull delays nobody else.
 - A batch follows ``plan.plan_update``: its stops run at once; when all are settled, its starts
   run at once; when every start is settled (``active``, ``failed``, or crashed), one
   NodeInstancesStatus with every instance. A batch that arrives meanwhile waits its turn; exits
@@ -61,8 +62,8 @@ PolicyOf = Callable[[Image], RunPolicy]
 Observer = Callable[[InstanceKey, Phase], None]
 
 # Phases whose container may run, or is about to: what an expired offline TTL stops. Pulling is
-# not among them (the item config, hence the TTL, is not known yet): the next check after
-# ImageReady catches it.
+# not among them (the item config, hence the TTL, is not known yet): ImageReady is checked as it
+# arrives (``_expired_on_arrival``).
 _TTL_PHASES = frozenset({Phase.Creating, Phase.Confirming, Phase.Active, Phase.Backoff})
 
 

@@ -25,7 +25,6 @@ Theory of operation:
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
 import logging
 import queue
@@ -107,6 +106,39 @@ class _Progress:
 _Job = Union[_Batch, _Post, Exit, _Cloud, str]
 
 
+class _Pool:
+    """A bounded pool of daemon threads. Why not concurrent.futures: the interpreter joins its
+    workers at exit, so a download hanging on a dead network would hold up the agent's exit."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._tasks: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
+        self._threads = [threading.Thread(target=self._serve, name=f"{name}-{number}", daemon=True)
+                         for number in range(max(1, size))]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self._tasks.put(task)
+
+    def shutdown(self) -> None:
+        """Drop the tasks not started yet and let the threads end; waits for none."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._tasks.get_nowait()
+        for _ in self._threads:
+            self._tasks.put(None)
+
+    def _serve(self) -> None:
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            try:
+                task()
+            except Exception:  # tasks report their own failures; this one is a bug
+                log.exception("launcher task failed")
+
+
 class Launcher:
     """Implements LauncherPort and InstanceLogSourcePort."""
 
@@ -150,8 +182,8 @@ class Launcher:
                                       clock=clock, resources=resources, cpu=cpu)
         # Two pools: downloads may hang for minutes on a bad network, and must never hold up the
         # creates and stops of other instances.
-        self._pulls = concurrent.futures.ThreadPoolExecutor(max(1, parallel), thread_name_prefix="launcher-pull")
-        self._runs = concurrent.futures.ThreadPoolExecutor(max(1, parallel), thread_name_prefix="launcher-run")
+        self._pulls = _Pool(parallel, "launcher-pull")
+        self._runs = _Pool(parallel, "launcher-run")
         self._lock = threading.Lock()
         self._instances: Dict[InstanceKey, Instance] = {}
         self._jobs: "queue.Queue[Optional[_Job]]" = queue.Queue()
@@ -232,8 +264,8 @@ class Launcher:
                 instance.timer.cancel()
         if self._ttl_timer is not None:
             self._ttl_timer.cancel()
-        self._pulls.shutdown(wait=False, cancel_futures=True)
-        self._runs.shutdown(wait=False, cancel_futures=True)
+        self._pulls.shutdown()
+        self._runs.shutdown()
         if self.subreaper:
             self.subreaper = not set_subreaper(False)
 
@@ -367,8 +399,8 @@ class Launcher:
         elif isinstance(effect, Ignored):
             log.debug("instance %s: %s ignored: %s", key, type(effect.event).__name__, effect.reason)
 
-    def _submit(self, pool: concurrent.futures.ThreadPoolExecutor, task: Callable[[InstanceKey, Instance, int], None],
-                key: InstanceKey, instance: Instance, run: int) -> None:
+    def _submit(self, pool: _Pool, task: Callable[[InstanceKey, Instance, int], None], key: InstanceKey,
+                instance: Instance, run: int) -> None:
         self._count(+1)
 
         def guarded() -> None:

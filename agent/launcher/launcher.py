@@ -315,7 +315,7 @@ class Launcher:
                 self._do(job)
                 self._advance()
                 self._check_ttl()
-            except Exception as err:  # the worker must outlive any one job
+            except Exception as err:  # the worker must outlive any one job; instances fail alone (_guarded)
                 log.exception("launcher job failed")
                 self._sender.send(core_alert(f"launcher: {err}"))
                 self._fail_batch(err)
@@ -328,7 +328,7 @@ class Launcher:
                 # The item config just read says it may not run this long offline: never create it.
                 self._guarded(job.key, TtlExpired())
             else:
-                self._feed(job.key, job.event)
+                self._guarded(job.key, job.event)
         elif isinstance(job, Exit):
             self._exited(job)
         elif isinstance(job, _Batch):
@@ -454,6 +454,8 @@ class Launcher:
         self._progress = progress
         stops: List[Tuple[InstanceKey, bool]] = []
         if batch.request is not None:
+            # Until the plan is made, the request's own lists are what a failure must account for.
+            progress.starts = tuple(batch.request.start_instances)
             current = {key: (info_fingerprint(i.info), i.life.phase in (Phase.Confirming, Phase.Active))
                        for key, i in self._instances.items()}
             plan = plan_update(current, batch.request.stop_instances, batch.request.start_instances)
@@ -519,14 +521,26 @@ class Launcher:
         progress = self._progress
         if progress is None:
             return
+        if progress.phase == "stop" and progress.batch.request is not None:
+            # Stops not under way get their status as it is (inactive when unknown here).
+            for ident in progress.batch.request.stop_instances:
+                key = InstanceKey.from_ident(ident)
+                if key in progress.waiting:
+                    continue
+                known = self._instances.get(key)
+                status = known.status() if known is not None else instance_status(
+                    sm_pb2.InstanceInfo(instance=ident), "inactive", None)
+                self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=[status])))
         if progress.phase == "stop":
             progress.phase = "start"
             pending = list(progress.starts)
             progress.starts = ()
             for info in pending:
                 key = InstanceKey.from_ident(info.instance)
+                old = self._instances.get(key)
+                life = InstanceLife(first_run=old.life.run if old is not None else 0)
                 with self._lock:
-                    self._instances[key] = Instance(info, self._containers.container_id(key))
+                    self._instances[key] = Instance(info, self._containers.container_id(key), life)
                 progress.waiting.add(key)
         for key in list(progress.waiting):
             with contextlib.suppress(Exception):
@@ -650,7 +664,7 @@ class Launcher:
         if instance is None or instance.run is not event.run:
             return  # stopped by us, or replaced: the life cycle already moved on
         instance.exit_when = event.when
-        self._feed(event.key, Exited(event.run.number, self._monotonic(), exit_status(event.status)))
+        self._guarded(event.key, Exited(event.run.number, self._monotonic(), exit_status(event.status)))
 
     def _reap(self, key: InstanceKey, instance: Instance, status: ExitStatus) -> None:
         """The process ended on its own: remove its container, keep a crash record, alert CM."""

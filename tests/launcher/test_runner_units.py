@@ -146,3 +146,28 @@ def test_an_image_whose_ttl_passed_while_offline_is_pulled_but_never_created(tmp
         assert [s.state for s in launcher.node_instances_status().instances] == ["inactive"]
     finally:
         launcher.stop()
+
+
+def test_a_batch_that_breaks_before_its_plan_still_gives_every_instance_a_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aos_sm.agent.launcher import launcher as launcher_module
+
+    sender = RecordingSender()
+    launcher = make(tmp_path, sender, [1000.0])
+
+    def broken_plan(*args: object) -> None:
+        raise RuntimeError("planner bug")
+
+    monkeypatch.setattr(launcher_module, "plan_update", broken_plan)
+    launcher.start()
+    try:
+        launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[info("a"), info("b")],
+                                                         stop_instances=[info("gone").instance]))
+        sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
+        reported = {(s.instance.item_id, s.state) for s in sender.statuses()}
+        assert reported == {("gone", "inactive"), ("a", "failed"), ("b", "failed")}
+        assert all("planner bug" in s.error.message for s in sender.statuses() if s.state == "failed")
+        assert "planner bug" in sender.of_kind("alert")[0].core_alert.message
+    finally:
+        launcher.stop()

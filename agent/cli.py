@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for each step")
     demo.set_defaults(func=cmd_demo)
 
-    fsm = commands.add_parser("fsm", help="the session state diagram, drawn from the table the code runs")
+    fsm = commands.add_parser("fsm", help="a state diagram (the session's, or with --instance an instance's), "
+                                          "drawn from the table the code runs")
     fsm.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
     fsm.add_argument("--instance", action="store_true", help="the instance life cycle instead of the session")
     fsm.set_defaults(func=cmd_fsm)

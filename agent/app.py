@@ -151,6 +151,8 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         cpu=CpuCapacity.of_node(capacity),
     )
     cloud = CloudConnection()
+    # The offline TTL clock runs on the cloud status CM relays.
+    cloud.add_listener(launcher.on_cloud_connection)
     # The launcher records each instance's output and crashes: the logs read them from it.
     logs, journal_alerts = build_logs(config, outbox, launcher)
     dispatcher = Dispatcher(

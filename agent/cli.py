@@ -160,19 +160,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_fsm(args: argparse.Namespace) -> int:
-    from aos_sm.statemachine import render_dot, render_mermaid
+    if args.instance:
+        from .launcher.lifecycle_diagram import render_dot as instance_dot, render_mermaid as instance_mermaid
 
+        mermaid, dot_source = instance_mermaid(), instance_dot()
+    else:
+        from aos_sm.statemachine import render_dot, render_mermaid
+
+        mermaid, dot_source = render_mermaid(), render_dot()
     if args.format == "mermaid":
-        sys.stdout.write(render_mermaid())
+        sys.stdout.write(mermaid)
         return EXIT_OK
     if args.format == "dot":
-        sys.stdout.write(render_dot())
+        sys.stdout.write(dot_source)
         return EXIT_OK
     dot = shutil.which("dot")
     if dot is None:
         print("aos-sm fsm --format svg needs Graphviz's `dot` (apt-get install graphviz)", file=sys.stderr)
         return EXIT_USAGE
-    result = subprocess.run([dot, "-Tsvg"], input=render_dot().encode(), capture_output=True, check=False)
+    result = subprocess.run([dot, "-Tsvg"], input=dot_source.encode(), capture_output=True, check=False)
     if result.returncode != 0:
         sys.stderr.write(result.stderr.decode(errors="replace"))
         return EXIT_FAILURE
@@ -206,8 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for each step")
     demo.set_defaults(func=cmd_demo)
 
-    fsm = commands.add_parser("fsm", help="the session state diagram, drawn from the table the code runs")
+    fsm = commands.add_parser("fsm", help="a state diagram (the session's, or with --instance an instance's), "
+                                          "drawn from the table the code runs")
     fsm.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
+    fsm.add_argument("--instance", action="store_true", help="the instance life cycle instead of the session")
     fsm.set_defaults(func=cmd_fsm)
 
     probe = commands.add_parser("probe", help="what this node would register: CPUs, DMIPS, RAM, cgroups")

@@ -2,9 +2,11 @@
 
 Modules: ``blobs`` (content-addressed store and downloads), ``image`` (manifests, layers, rootfs),
 ``bundle`` (pure: the OCI runtime spec of an instance), ``runtime`` (the runc/crun adapter),
-``plan`` (pure: what an UpdateInstances changes), ``store`` (SQLite: desired instances, crashes,
-image use), ``output`` (instance output into the log format of ``agent/instancelog.py``) and
-``launcher`` (the worker thread that runs batches and reports to CM).
+``plan`` (pure: what an UpdateInstances changes), ``lifecycle`` (pure: each instance's state
+machine, one table), ``store`` (SQLite: desired instances, crashes, image use, the offline clock),
+``output`` (instance output into the log format of ``agent/instancelog.py``), ``containers`` (the
+blocking operations on images and containers) and ``launcher`` (the runner: the worker thread
+that feeds the life cycles, carries out their effects and reports to CM).
 """
 
 from .launcher import Launcher

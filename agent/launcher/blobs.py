@@ -17,11 +17,12 @@ import logging
 import os
 import re
 import shutil
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Dict, Optional
 
 from ..errors import Failed, InvalidArgument, InvalidChecksum, RuntimeFailure
 
@@ -45,6 +46,10 @@ class BlobStore:
         self._timeout = timeout
         (root / "sha256").mkdir(parents=True, exist_ok=True)
         (root / "partial").mkdir(parents=True, exist_ok=True)
+        # Instances start in parallel: two pulls needing one blob (a shared layer) must not write
+        # the same partial file at once. One lock per digest; the second finds the blob there.
+        self._guard = threading.Lock()
+        self._locks: Dict[str, threading.Lock] = {}
 
     def path(self, digest: str) -> Path:
         return self.root / "sha256" / digest_hex(digest)
@@ -62,6 +67,14 @@ class BlobStore:
     def fetch(self, digest: str, url: str, size: Optional[int] = None) -> Path:
         """The verified blob, downloading it from ``url`` if the store does not have it yet."""
         final = self.path(digest)
+        if final.is_file():
+            return final
+        with self._guard:
+            lock = self._locks.setdefault(digest, threading.Lock())
+        with lock:
+            return self._fetch_locked(digest, url, size, final)
+
+    def _fetch_locked(self, digest: str, url: str, size: Optional[int], final: Path) -> Path:
         if final.is_file():
             return final
         partial = self.root / "partial" / final.name

@@ -1,56 +1,142 @@
-"""The launcher: runs the instances CM wants, reports every change, and brings them back.
+"""The launcher: the runner of the instance life cycle (``lifecycle.py``).
 
 Theory of operation:
-- CM's UpdateInstances arrives on the stream's reader thread; ``update_instances`` only queues it.
-  One worker thread takes jobs in order: batches, and exits reported by the output threads. A
-  command that arrives while a batch runs waits its turn; nothing is dropped.
-- A batch follows ``plan.plan_update``: stops (``inactive``), then starts (``activating``, then
-  ``active`` or ``failed``), each sent as its own UpdateInstancesStatus, then one
-  NodeInstancesStatus with every instance.
+- Every instance has an :class:`~.lifecycle.InstanceLife`, the pure state machine that decides;
+  this module only carries out its effects (runc, files, timers, the monitor, messages to CM) and
+  feeds back what happened as events.
+- One worker thread owns the lives: it alone feeds them, taking jobs in order from one queue:
+  CM's batches, outcomes posted by pool tasks, timers, process exits, cloud status changes.
+- Effects that block (pull, create, halt; ``containers.py`` does them) run in two bounded pools,
+  one for downloads and one for creates and stops, and post their outcome as an event: the worker
+  never waits on a container, and one slow image pull delays nobody else.
+- A batch follows ``plan.plan_update``: its stops run at once; when all are settled, its starts
+  run at once; when every start is settled (``active``, ``failed``, or crashed), one
+  NodeInstancesStatus with every instance. A batch that arrives meanwhile waits its turn; exits
+  and timers are handled at once. Whatever fails midway, every instance of the batch gets its
+  status (``Faulted``): none is silently dropped.
 - Desired instances are written to the SQLite store before they start, so an agent restart or a
   reboot brings them back without CM: ``start`` adopts containers that still run (their output
-  FIFO is reopened, see ``output.py``) and restarts the others on the worker thread.
-- An instance whose process ends on its own is ``failed`` (exit code or signal in the error), CM
-  gets an InstanceAlert, and a CrashRecord is stored for crash-log requests.
+  FIFO is reopened, see ``output.py``) and starts the others again on the worker.
+- Offline TTL: the cloud's absence is an :class:`~.lifecycle.OfflineClock` kept in the store;
+  instances whose item config sets ``offlineTTL`` are stopped once it passes (one timer, to the
+  nearest deadline).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import json
 import logging
-import os
 import queue
-import sqlite3
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import (Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union)
 
-from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
-from ..atomic import write_atomic
-from ..errors import AosError, Failed, NotFound, ResourceUnavailable, error_info_from_exception, error_info_ok
+from ..errors import AosError, ResourceUnavailable
 from ..messages import core_alert, now_timestamp
-from ..ports import (CrashRecord, InstanceKey, InstanceLogFile, InstanceMonitorPort, MonitoredInstance,
-                     Sender)
-from .blobs import BlobStore
-from .bundle import BundleSpec, CpuCapacity, build_runtime_spec
-from .gc import collect_garbage
-from .image import Image, ImageStore, Resolver
-from .output import set_subreaper, describe_exit, open_output, record_output, reopen_output
+from ..ports import CrashRecord, InstanceKey, InstanceLogFile, InstanceMonitorPort, Sender
+from .bundle import CpuCapacity
+from .containers import Containers
+from .image import Image, Resolver
+from .lifecycle import (SETTLED, Adopted, CancelTimer, Create, Effect, Event, ExitStatus, Exited, Faulted,
+                        Forget, Halt, Ignored, ImageReady, InstanceLife, LaunchFailed, LifecycleError,
+                        OfflineClock, Phase, ProcessRunning, Pull, Reap, Report, RunPolicy,
+                        StartRequested, StartTimer, StopFailed, Stopped, StopRequested, TtlExpired, Unwatch,
+                        Watch)
+from .output import exit_status, record_output, set_subreaper
 from .plan import info_fingerprint, plan_update
-from .records import Exit, Instance, Run, container_id
-from .resources import NoResources, ResourceSource
-from .runtime import OciRuntime
-from .store import LauncherStore
+from .records import Exit, Instance, Run, instance_status, problem_of
+from .resources import ResourceSource
+from .store import LauncherStore, StoreError
 
 log = logging.getLogger(__name__)
 
 Out = sm_pb2.SMOutgoingMessages
-_Job = Union[sm_pb2.UpdateInstances, Exit, str]
+PolicyOf = Callable[[Image], RunPolicy]
+Observer = Callable[[InstanceKey, Phase], None]
+
+# Phases whose container may run, or is about to: what an expired offline TTL stops. Pulling is
+# not among them (the item config, hence the TTL, is not known yet): ImageReady is checked as it
+# arrives (``_expired_on_arrival``).
+_TTL_PHASES = frozenset({Phase.Creating, Phase.Confirming, Phase.Active, Phase.Backoff})
+
+
+def policy_from_item_config(image: Image) -> RunPolicy:
+    """The run policy an image's item config asks for (INSTANCES.md, runParameters, offlineTTL)."""
+    item = image.item_config
+    run = item.run_parameters
+    return RunPolicy(start_interval=run.start_interval, start_burst=run.start_burst,
+                     restart_interval=run.restart_interval, offline_ttl=item.offline_ttl)
+
+
+@dataclass(frozen=True)
+class _Post:
+    key: InstanceKey
+    event: Event
+
+
+@dataclass(frozen=True)
+class _Cloud:
+    connected: bool
+    at: float
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A unit of work that ends with one NodeInstancesStatus: CM's UpdateInstances, or the restore
+    of stored instances after an agent restart."""
+
+    request: Optional[sm_pb2.UpdateInstances] = None
+    restore: Tuple[InstanceKey, ...] = ()
+
+
+@dataclass
+class _Progress:
+    batch: _Batch
+    starts: Tuple[sm_pb2.InstanceInfo, ...] = ()
+    phase: str = "stop"
+    waiting: Set[InstanceKey] = field(default_factory=set)
+
+
+_Job = Union[_Batch, _Post, Exit, _Cloud, str]
+
+
+class _Pool:
+    """A bounded pool of daemon threads. Why not concurrent.futures: the interpreter joins its
+    workers at exit, so a download hanging on a dead network would hold up the agent's exit."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._tasks: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
+        self._threads = [threading.Thread(target=self._serve, name=f"{name}-{number}", daemon=True)
+                         for number in range(max(1, size))]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self._tasks.put(task)
+
+    def shutdown(self) -> None:
+        """Drop the tasks not started yet and let the threads end; waits for none."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._tasks.get_nowait()
+        for _ in self._threads:
+            self._tasks.put(None)
+
+    def _serve(self) -> None:
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            try:
+                task()
+            except Exception:  # tasks report their own failures; this one is a bug
+                log.exception("launcher task failed")
 
 
 class Launcher:
@@ -67,42 +153,54 @@ class Launcher:
         cgroup_parent: str = "aos-sm",
         image_ttl: float = 24 * 3600.0,
         stop_timeout: float = 10.0,
+        parallel: int = 8,
+        policy_of: PolicyOf = policy_from_item_config,
+        observer: Optional[Observer] = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         resources: Optional[ResourceSource] = None,
         cpu: Optional[CpuCapacity] = None,
     ) -> None:
         """``runtimes`` maps runtime_id -> (type, binary) for the runtimes this node can run;
-        ``resources`` grants the item configs' resources (none without it); ``cpu`` is the node
-        capacity a ``cpuDMIPSLimit`` is computed from (such items fail without it)."""
+        ``parallel`` bounds the pulls, creates and stops running at once; ``observer`` hears
+        every phase an instance enters (benchmarks); ``resources`` grants the item configs'
+        resources (none without it); ``cpu`` is the node capacity a ``cpuDMIPSLimit`` is computed
+        from (such items fail without it)."""
         self._sender = sender
-        self._root = working_dir / "launcher"
-        self._root.mkdir(parents=True, exist_ok=True)
+        root = working_dir / "launcher"
+        root.mkdir(parents=True, exist_ok=True)
         self._resolver = resolver
         self._monitor = monitor
-        self._cgroup_parent = cgroup_parent.strip("/")
         self._image_ttl = image_ttl
-        self._stop_timeout = stop_timeout
+        self._policy_of = policy_of
+        self._observer = observer
         self._clock = clock
-        self._resources: ResourceSource = resources or NoResources()
-        self._cpu = cpu
-        self._runtimes = {
-            runtime_id: OciRuntime(binary, self._root / "runtime" / kind) for runtime_id, (kind, binary) in runtimes.items()
-        }
-        self._store = LauncherStore(self._root / "launcher.db")
-        self._images = ImageStore(self._root / "images", BlobStore(self._root / "blobs"))
+        self._monotonic = monotonic
+        self._store = LauncherStore(root / "launcher.db")
+        self._containers = Containers(root=root, runtimes=runtimes, store=self._store,
+                                      cgroup_parent=cgroup_parent.strip("/"), stop_timeout=stop_timeout,
+                                      clock=clock, resources=resources, cpu=cpu)
+        # Two pools: downloads may hang for minutes on a bad network, and must never hold up the
+        # creates and stops of other instances.
+        self._pulls = _Pool(parallel, "launcher-pull")
+        self._runs = _Pool(parallel, "launcher-run")
         self._lock = threading.Lock()
         self._instances: Dict[InstanceKey, Instance] = {}
         self._jobs: "queue.Queue[Optional[_Job]]" = queue.Queue()
         self._worker: Optional[threading.Thread] = None
         self._idle = threading.Condition()
         self._busy = 0
-        self._touched: Dict[str, float] = {}
+        self._batches: Deque[_Batch] = collections.deque()
+        self._progress: Optional[_Progress] = None
+        self._offline = OfflineClock(None)
+        self._ttl_timer: Optional[threading.Timer] = None
+        self._ttl_deadline: Optional[float] = None
         self.subreaper = False
 
     # --- LauncherPort
 
     def update_instances(self, request: sm_pb2.UpdateInstances) -> None:
-        self._enqueue(request)
+        self._enqueue(_Batch(request=request))
 
     def node_instances_status(self) -> sm_pb2.NodeInstancesStatus:
         with self._lock:
@@ -112,30 +210,43 @@ class Launcher:
 
     def instance_logs(self) -> Sequence[InstanceLogFile]:
         with self._lock:
-            return [InstanceLogFile(key, self._log_path(i.container_id), self._cgroup(i.container_id))
-                    for key, i in self._instances.items()]
+            return [InstanceLogFile(key, self._containers.log_path(i.container_id),
+                                    self._containers.cgroup(i.container_id)) for key, i in self._instances.items()]
 
     def crashes(self) -> Sequence[CrashRecord]:
         return self._store.crashes()
 
-    # --- life cycle
+    # --- the cloud connection (CloudConnection listener)
+
+    def on_cloud_connection(self, connected: bool) -> None:
+        self._enqueue(_Cloud(connected, self._clock()))
+
+    # --- life cycle of the launcher itself
 
     def start(self) -> None:
-        """Bring back the stored instances (adopt or queue a restart), then start the worker."""
+        """Bring back the stored instances (adopt, or queue their start), then start the worker."""
         self.subreaper = set_subreaper(True)
         if self._store.problem:
             self._sender.send(core_alert(self._store.problem))
-        restart = False
-        stored = self._store.instances()
-        self._remove_strays({container for _, container in stored.values()})
+        self._offline = self._load_offline_clock()
+        try:
+            stored = self._store.instances()
+        except StoreError as err:
+            log.error("%s", err)
+            self._sender.send(core_alert(str(err)))
+            stored = {}
+        self._containers.remove_strays({container for _, container in stored.values()})
+        restore: List[InstanceKey] = []
         for key, (info, container) in stored.items():
             instance = Instance(info, container)
+            instance.life = InstanceLife(self._local_policy(instance))
             with self._lock:
                 self._instances[key] = instance
             if not self._adopt(key, instance):
-                restart = True
-        if restart:
-            self._enqueue("restore")
+                restore.append(key)
+        self._check_ttl()
+        if restore:
+            self._enqueue(_Batch(restore=tuple(restore)))
         self._enqueue("gc")
         self._worker = threading.Thread(target=self._work, name="launcher", daemon=True)
         self._worker.start()
@@ -145,25 +256,55 @@ class Launcher:
         self._jobs.put(None)
         if self._worker is not None:
             self._worker.join(timeout)
+        self._worker = None
+        with self._lock:
+            instances = list(self._instances.values())
+        for instance in instances:
+            if instance.timer is not None:
+                instance.timer.cancel()
+        if self._ttl_timer is not None:
+            self._ttl_timer.cancel()
+        self._pulls.shutdown()
+        self._runs.shutdown()
         if self.subreaper:
             self.subreaper = not set_subreaper(False)
 
-    def stop_all_instances(self) -> None:
+    def stop_all_instances(self, timeout: float = 60.0) -> None:
         """Stop every instance now (tests, decommissioning); the store forgets them."""
+        if self._worker is not None and self._worker.is_alive():
+            self._enqueue("stop-all")
+            with self._idle:
+                self._idle.wait_for(lambda: not self._instances, timeout)
+            return
+        # No worker (it was stopped): end the containers directly, as an agent that stops would.
         with self._lock:
-            keys = list(self._instances)
-        for key in keys:
-            self._stop(key, forget=True)
+            instances, self._instances = dict(self._instances), {}
+        for key, instance in instances.items():
+            if instance.timer is not None:
+                instance.timer.cancel()
+            with contextlib.suppress(AosError):
+                self._containers.halt(instance, None)
+                self._store.remove_instance(key)
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Block until every queued job is done (tests, benchmarks)."""
+        """Block until every queued job, batch and task is done (tests, benchmarks)."""
         with self._idle:
             return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
+    # --- the worker
+
     def _enqueue(self, job: _Job) -> None:
-        with self._idle:
-            self._busy += 1
+        self._count(+1)
         self._jobs.put(job)
+
+    def _count(self, change: int) -> None:
+        with self._idle:
+            self._busy += change
+            self._idle.notify_all()
+
+    def _post(self, key: InstanceKey, event: Event) -> None:
+        """From any thread: feed ``event`` to the instance's life on the worker."""
+        self._enqueue(_Post(key, event))
 
     def _work(self) -> None:
         while True:
@@ -171,282 +312,406 @@ class Launcher:
             if job is None:
                 return
             try:
-                if isinstance(job, sm_pb2.UpdateInstances):
-                    self._batch(job)
-                elif isinstance(job, Exit):
-                    self._exited(job)
-                elif job == "restore":
-                    self._restore()
-                elif job == "gc":
-                    self._collect_garbage()
-            except Exception as err:  # the worker must outlive any one job
+                self._do(job)
+                self._advance()
+                self._check_ttl()
+            except Exception as err:  # the worker must outlive any one job; instances fail alone (_guarded)
                 log.exception("launcher job failed")
                 self._sender.send(core_alert(f"launcher: {err}"))
-                if isinstance(job, sm_pb2.UpdateInstances):
-                    # CM waits for the batch's NodeInstancesStatus: it gets one, with the truth.
-                    self._sender.send(Out(node_instances_status=self.node_instances_status()))
+                self._fail_batch(err)
             finally:
-                with self._idle:
-                    self._busy -= 1
-                    self._idle.notify_all()
+                self._count(-1)
 
-    def _set_state(self, instance: Instance, state: str, error: common_pb2.ErrorInfo) -> None:
-        # Under the lock so that node_instances_status never pairs a new state with an old error.
+    def _do(self, job: _Job) -> None:
+        if isinstance(job, _Post):
+            if isinstance(job.event, ImageReady) and self._expired_on_arrival(job.key, job.event):
+                # The item config just read says it may not run this long offline: never create it.
+                self._guarded(job.key, TtlExpired())
+            else:
+                self._guarded(job.key, job.event)
+        elif isinstance(job, Exit):
+            self._exited(job)
+        elif isinstance(job, _Batch):
+            self._count(+1)  # until the batch's NodeInstancesStatus is out
+            self._batches.append(job)
+        elif isinstance(job, _Cloud):
+            self._cloud_changed(job)
+        elif job == "stop-all":
+            for key in list(self._instances):
+                self._guarded(key, StopRequested(forget=True))
+        elif job == "gc":
+            self._collect_garbage()
+        # "ttl": the check after every job does it.
+
+    def _feed(self, key: InstanceKey, event: Event) -> None:
+        instance = self._instances.get(key)
+        if instance is None:
+            log.debug("%s for %s: no such instance any more", type(event).__name__, key)
+            return
+        with self._lock:  # readers never see a half-made transition
+            effects = instance.life.handle(event)
+        for effect in effects:
+            self._carry_out(key, instance, effect)
+        if self._observer is not None:
+            self._observer(key, instance.life.phase)
+
+    def _guarded(self, key: InstanceKey, event: Event) -> None:
+        """Feed ``event``; if that fails, the instance fails with why (the one failure policy)."""
+        try:
+            self._feed(key, event)
+        except Exception as err:
+            log.exception("instance %s: %s failed", key, type(event).__name__)
+            self._sender.send(core_alert(f"launcher: instance {key.item_id}/{key.instance}: {err}"))
+            self._fault(key, err)
+
+    def _fault(self, key: InstanceKey, err: BaseException) -> None:
+        instance = self._instances.get(key)
+        if instance is not None and instance.life.phase in (Phase.Idle, Phase.Pulling, Phase.Creating,
+                                                            Phase.Stopping):
+            with contextlib.suppress(LifecycleError):
+                self._feed(key, Faulted(problem_of(err)))
+
+    def _carry_out(self, key: InstanceKey, instance: Instance, effect: Effect) -> None:
+        if isinstance(effect, Report):
+            self._send_status(instance)
+        elif isinstance(effect, Pull):
+            self._submit(self._pulls, self._pull, key, instance, effect.run)
+        elif isinstance(effect, Create):
+            self._submit(self._runs, self._create, key, instance, effect.run)
+        elif isinstance(effect, Halt):
+            self._submit(self._runs, self._halt, key, instance, effect.run)
+        elif isinstance(effect, StartTimer):
+            self._arm(key, instance, effect)
+        elif isinstance(effect, CancelTimer):
+            if instance.timer is not None:
+                instance.timer.cancel()
+                instance.timer = None
+        elif isinstance(effect, Watch):
+            self._monitor.register_instance(self._containers.monitored(key, instance))
+        elif isinstance(effect, Unwatch):
+            self._monitor.unregister_instance(key)
+        elif isinstance(effect, Reap):
+            self._reap(key, instance, effect.status)
+        elif isinstance(effect, Forget):
+            with self._lock:
+                self._instances.pop(key, None)
+            self._store.remove_instance(key)
+        elif isinstance(effect, Ignored):
+            log.debug("instance %s: %s ignored: %s", key, type(effect.event).__name__, effect.reason)
+
+    def _submit(self, pool: _Pool, task: Callable[[InstanceKey, Instance, int], None], key: InstanceKey,
+                instance: Instance, run: int) -> None:
+        self._count(+1)
+
+        def guarded() -> None:
+            try:
+                task(key, instance, run)
+            finally:
+                self._count(-1)
+
+        pool.submit(guarded)
+
+    def _arm(self, key: InstanceKey, instance: Instance, effect: StartTimer) -> None:
+        if instance.timer is not None:
+            instance.timer.cancel()
+        timer = threading.Timer(effect.seconds, self._post, (key, effect.fire))
+        timer.daemon = True
+        timer.start()
+        instance.timer = timer
+
+    def _send_status(self, instance: Instance) -> None:
         with self._lock:
-            instance.state, instance.error = state, error
-
-    # --- naming
-
-    def _container_id(self, key: InstanceKey) -> str:
-        return container_id(self._cgroup_parent, key)
-
-    def _cgroup(self, container: str) -> str:
-        return f"{self._cgroup_parent}/{container}"
-
-    def _log_path(self, container: str) -> Path:
-        return self._root / "logs" / f"{container}.log"
-
-    def _bundle(self, container: str) -> Path:
-        return self._root / "bundles" / container
+            status = instance.status()
+        self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=[status])))
 
     # --- batches
 
-    def _send_status(self, instance: Instance) -> None:
-        self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=[instance.status()])))
+    def _advance(self) -> None:
+        """Move the current batch on (stops, then starts, then the NodeInstancesStatus)."""
+        while True:
+            progress = self._progress
+            if progress is None:
+                if not self._batches:
+                    return
+                self._begin(self._batches.popleft())
+                continue
+            progress.waiting = {key for key in progress.waiting if not self._settled(key)}
+            if progress.waiting:
+                return
+            if progress.phase == "stop":
+                progress.phase = "start"
+                self._start_phase(progress)
+                continue
+            self._progress = None
+            self._finish(progress.batch)
 
-    def _batch(self, request: sm_pb2.UpdateInstances) -> None:
-        with self._lock:
-            current = {key: (info_fingerprint(i.info), i.state == "active") for key, i in self._instances.items()}
-        plan = plan_update(current, request.stop_instances, request.start_instances)
-        for key in plan.stop:
-            stopped = self._stop(key, forget=True)
-            self._set_state(stopped, "inactive", error_info_ok())
-            self._send_status(stopped)
-        for key in plan.restart:
-            self._stop(key, forget=False)
-        for key in plan.keep:
+    def _settled(self, key: InstanceKey) -> bool:
+        instance = self._instances.get(key)
+        return instance is None or instance.life.phase in SETTLED
+
+    def _begin(self, batch: _Batch) -> None:
+        progress = _Progress(batch)
+        self._progress = progress
+        stops: List[Tuple[InstanceKey, bool]] = []
+        if batch.request is not None:
+            # Until the plan is made, the request's own lists are what a failure must account for.
+            progress.starts = tuple(batch.request.start_instances)
+            current = {key: (info_fingerprint(i.info), i.life.phase in (Phase.Confirming, Phase.Active))
+                       for key, i in self._instances.items()}
+            plan = plan_update(current, batch.request.stop_instances, batch.request.start_instances)
+            progress.starts = plan.start
+            stops = [(key, True) for key in plan.stop] + [(key, False) for key in plan.restart]
+            for key in plan.keep:
+                self._send_status(self._instances[key])
+        for key, forget in stops:
+            if key not in self._instances:
+                # Not known here (a stop repeated, or CM's view is older): it is not running.
+                self._store.remove_instance(key)
+                unknown = instance_status(sm_pb2.InstanceInfo(instance=key.to_ident()), "inactive", None)
+                self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=[unknown])))
+                continue
+            progress.waiting.add(key)
+            self._guarded(key, StopRequested(forget=forget))
+
+    def _start_phase(self, progress: _Progress) -> None:
+        keys: List[InstanceKey] = []
+        for info in progress.starts:
+            key = InstanceKey.from_ident(info.instance)
+            old = self._instances.get(key)
+            if old is not None and old.timer is not None:
+                old.timer.cancel()
+            life = InstanceLife(first_run=old.life.run if old is not None else 0)
             with self._lock:
-                kept = self._instances[key]
-            self._send_status(kept)
-        for info in plan.start:
-            self._start(InstanceKey.from_ident(info.instance), info)
-        self._sender.send(Out(node_instances_status=self.node_instances_status()))
-        self._collect_garbage()
-
-    def _start(self, key: InstanceKey, info: sm_pb2.InstanceInfo) -> None:
-        instance = Instance(info, self._container_id(key))
-        with self._lock:
-            self._instances[key] = instance
-        self._send_status(instance)
+                self._instances[key] = Instance(info, self._containers.container_id(key), life)
+            keys.append(key)
+        keys += list(progress.batch.restore)
+        progress.waiting.update(keys)
         try:
-            self._store.put_instance(key, info, instance.container_id)
-        except sqlite3.Error as err:
-            # Not started: an instance the store cannot remember would not come back after a reboot.
-            self._set_state(instance, "failed", Failed(f"launcher store: {err}").to_error_info())
-        else:
-            self._launch(key, instance)
-        self._send_status(instance)
-
-    def _launch(self, key: InstanceKey, instance: Instance) -> None:
-        """Pull, bundle and run; leaves ``instance`` ``active`` or ``failed``."""
-        runtime = self._runtimes.get(instance.info.runtime_id)
-        try:
-            if runtime is None:
-                raise NotFound(f"runtime {instance.info.runtime_id!r} is not available on this node")
-            image = self._images.pull(instance.info.manifest_digest, self._resolver)
-            self._touch_image(image.manifest_digest)
-            bundle = self._bundle(instance.container_id)
-            bundle.mkdir(parents=True, exist_ok=True)
-            spec = build_runtime_spec(image.config, self._bundle_spec(instance, image))
-            write_atomic(bundle / "config.json", _json(spec), 0o644)
-            runtime.delete(instance.container_id)  # a leftover of a run the agent did not see end
-            self._log_path(instance.container_id).parent.mkdir(parents=True, exist_ok=True)
-            reader, writer = open_output(bundle / "output.fifo")
-            try:
-                pid = runtime.run_detached(instance.container_id, bundle, writer)
-            except BaseException:
-                os.close(reader)
-                raise
-            finally:
-                os.close(writer)
-            self._follow(key, instance, reader, pid)
-        except Exception as err:
-            log.warning("instance %s failed to start: %s", key, err)
-            self._set_state(instance, "failed", error_info_from_exception(err))
-            if isinstance(err, ResourceUnavailable):
-                self._sender.send(Out(alert=sm_pb2.Alert(timestamp=now_timestamp(), resource_allocate_alert=(
-                    sm_pb2.ResourceAllocateAlert(instance=instance.info.instance, resource=err.resource,
-                                                 message=err.message)))))
-            if runtime is not None:
-                with contextlib.suppress(AosError):
-                    runtime.delete(instance.container_id)  # nothing half-created stays behind
+            # One transaction for the batch, before anything starts: an instance the store cannot
+            # remember would not come back after a reboot, so none starts without it.
+            self._store.put_instances([(key, self._instances[key].info, self._instances[key].container_id)
+                                       for key in keys if key in self._instances])
+        except StoreError as err:
+            log.error("%s", err)
+            for key in keys:
+                self._guarded(key, Faulted(problem_of(err)))
             return
-        self._set_state(instance, "active", error_info_ok())
-        self._monitor.register_instance(self._monitored(key, instance))
+        for key in keys:
+            instance = self._instances.get(key)
+            if instance is None:
+                continue
+            if instance.life.phase is Phase.Idle and self._offline.expired(instance.life.policy.offline_ttl,
+                                                                           self._clock()):
+                self._guarded(key, TtlExpired())  # restored, but offline longer than its TTL
+            else:
+                self._guarded(key, StartRequested())
 
-    def _bundle_spec(self, instance: Instance, image: Image) -> BundleSpec:
-        info = instance.info
-        state_is_file = True
-        if info.storage_path:
-            Path(info.storage_path).mkdir(parents=True, exist_ok=True)
-        if info.state_path:
-            state = Path(info.state_path)
-            if state.is_dir():
-                state_is_file = False
-            elif not state.exists():
-                state.parent.mkdir(parents=True, exist_ok=True)
-                state.touch()
-        ident = info.instance
-        return BundleSpec(
-            rootfs=str(image.rootfs), hostname=instance.container_id,
-            cgroups_path="/" + self._cgroup(instance.container_id),
-            uid=info.uid, gid=info.gid, env_vars=tuple((e.name, e.value) for e in info.env_vars),
-            priority=info.priority, storage_path=info.storage_path, state_path=info.state_path,
-            state_is_file=state_is_file, item_id=ident.item_id, subject_id=ident.subject_id,
-            instance_index=ident.instance, item_config=image.item_config,
-            resources=self._resources.grant(image.item_config.resources), cpu=self._cpu,
-        )
+    def _finish(self, batch: _Batch) -> None:
+        if batch.request is not None or batch.restore:
+            self._sender.send(Out(node_instances_status=self.node_instances_status()))
+        self._count(-1)
+        try:
+            self._collect_garbage()
+        except AosError as err:
+            log.error("garbage collection: %s", err)
 
-    def _monitored(self, key: InstanceKey, instance: Instance) -> MonitoredInstance:
-        partitions = tuple((name, Path(path)) for name, path in
-                           (("storage", instance.info.storage_path), ("state", instance.info.state_path)) if path)
-        return MonitoredInstance(key, instance.info.runtime_id, self._cgroup(instance.container_id),
-                                 instance.info.monitoring_parameters, partitions)
+    def _fail_batch(self, err: BaseException) -> None:
+        """A job broke while a batch ran: whatever of the batch is not settled fails with why, so
+        that the batch ends and CM gets its NodeInstancesStatus."""
+        progress = self._progress
+        if progress is None:
+            return
+        if progress.phase == "stop" and progress.batch.request is not None:
+            # Stops not under way get their status as it is (inactive when unknown here).
+            for ident in progress.batch.request.stop_instances:
+                key = InstanceKey.from_ident(ident)
+                if key in progress.waiting:
+                    continue
+                known = self._instances.get(key)
+                status = known.status() if known is not None else instance_status(
+                    sm_pb2.InstanceInfo(instance=ident), "inactive", None)
+                self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=[status])))
+        if progress.phase == "stop":
+            progress.phase = "start"
+            pending = list(progress.starts)
+            progress.starts = ()
+            for info in pending:
+                key = InstanceKey.from_ident(info.instance)
+                old = self._instances.get(key)
+                life = InstanceLife(first_run=old.life.run if old is not None else 0)
+                with self._lock:
+                    self._instances[key] = Instance(info, self._containers.container_id(key), life)
+                progress.waiting.add(key)
+        for key in list(progress.waiting):
+            with contextlib.suppress(Exception):
+                self._fault(key, err)
+            if not self._settled(key):
+                progress.waiting.discard(key)  # still running on its own: it reports when it settles
+        with contextlib.suppress(Exception):
+            self._advance()
 
-    def _follow(self, key: InstanceKey, instance: Instance, reader: int, pid: int,
+    # --- the offline TTL
+
+    def _load_offline_clock(self) -> OfflineClock:
+        now = self._clock()
+        try:
+            # Not known to be connected at agent start: the clock runs from now, unless it ran
+            # already before the restart.
+            clock = OfflineClock(self._store.offline_since()).on_cloud(False, now)
+            self._store.set_offline_since(clock.since)
+        except StoreError as err:
+            log.error("%s", err)
+            return OfflineClock(now)
+        return clock
+
+    def _cloud_changed(self, change: _Cloud) -> None:
+        clock = self._offline.on_cloud(change.connected, change.at)
+        if clock != self._offline:
+            self._offline = clock
+            self._store.set_offline_since(clock.since)
+
+    def _expired_on_arrival(self, key: InstanceKey, event: ImageReady) -> bool:
+        instance = self._instances.get(key)
+        return (instance is not None and instance.life.run == event.run
+                and self._offline.expired(event.policy.offline_ttl, self._clock()))
+
+    def _check_ttl(self) -> None:
+        """Stop what outlived its TTL; arm one timer to the nearest remaining deadline."""
+        now = self._clock()
+        nearest: Optional[float] = None
+        for key, instance in list(self._instances.items()):
+            if instance.life.phase not in _TTL_PHASES:
+                continue
+            deadline = self._offline.deadline(instance.life.policy.offline_ttl)
+            if deadline is None:
+                continue
+            if now >= deadline:
+                log.info("instance %s: cloud away longer than its offline TTL: stopped", key)
+                self._guarded(key, TtlExpired())
+            elif nearest is None or deadline < nearest:
+                nearest = deadline
+        if nearest == self._ttl_deadline:
+            return
+        if self._ttl_timer is not None:
+            self._ttl_timer.cancel()
+            self._ttl_timer = None
+        self._ttl_deadline = nearest
+        if nearest is not None:
+            self._ttl_timer = threading.Timer(max(0.0, nearest - now), self._enqueue, ("ttl",))
+            self._ttl_timer.daemon = True
+            self._ttl_timer.start()
+
+    # --- pool tasks: each ends by posting exactly one event
+
+    def _pull(self, key: InstanceKey, instance: Instance, run: int) -> None:
+        try:
+            self._containers.runtime(instance)  # no pull for an instance this node cannot run
+            image = self._containers.pull(instance.info.manifest_digest, self._resolver)
+            policy = self._policy_of(image)
+            instance.image = image
+            self._post(key, ImageReady(run, policy))
+        except Exception as err:
+            log.warning("instance %s: pull failed: %s", key, err)
+            self._post(key, LaunchFailed(run, problem_of(err)))
+
+    def _create(self, key: InstanceKey, instance: Instance, run: int) -> None:
+        with instance.lock:
+            try:
+                image = instance.image or self._containers.pull(instance.info.manifest_digest, self._resolver)
+                reader, pid = self._containers.create(instance, image)
+            except Exception as err:
+                log.warning("instance %s failed to start: %s", key, err)
+                if isinstance(err, ResourceUnavailable):
+                    self._sender.send(Out(alert=sm_pb2.Alert(timestamp=now_timestamp(), resource_allocate_alert=(
+                        sm_pb2.ResourceAllocateAlert(instance=instance.info.instance, resource=err.resource,
+                                                     message=err.message)))))
+                self._post(key, LaunchFailed(run, problem_of(err)))
+                return
+            # ProcessRunning is posted before the output thread starts, so an exit always follows it.
+            self._post(key, ProcessRunning(run, self._monotonic()))
+            self._follow(key, instance, reader, pid, run)
+
+    def _halt(self, key: InstanceKey, instance: Instance, run: int) -> None:
+        with instance.lock:
+            current = instance.run
+            try:
+                self._containers.halt(instance, current)
+            except Exception as err:
+                log.error("stopping %s: %s", key, err)
+                self._post(key, StopFailed(run, problem_of(err)))
+                return
+            finally:
+                if current is not None:
+                    self._containers.touch_image(instance.info.manifest_digest)
+            instance.run = None
+        self._post(key, Stopped(run))
+
+    def _follow(self, key: InstanceKey, instance: Instance, reader: int, pid: int, run_number: int,
                 started_at: Optional[datetime] = None) -> None:
-        run = Run(pid, started_at or datetime.now(timezone.utc))
+        run = Run(pid, started_at or datetime.now(timezone.utc), run_number)
         instance.run = run
 
         def on_exit(status: Optional[int], when: datetime) -> None:
             run.exited.set()
-            if not run.stopping:
-                self._enqueue(Exit(key, run, status, when))
+            self._enqueue(Exit(key, run, status, when))
 
-        record_output(reader, self._log_path(instance.container_id), pid, on_exit)
-
-    def _stop(self, key: InstanceKey, *, forget: bool) -> Instance:
-        """End the instance's container; ``forget`` also drops it from memory and the store."""
-        with self._lock:
-            instance = self._instances.get(key)
-            if forget:
-                self._instances.pop(key, None)
-        if instance is None:
-            self._store.remove_instance(key)
-            return Instance(sm_pb2.InstanceInfo(instance=key.to_ident()), self._container_id(key))
-        runtime = self._runtimes.get(instance.info.runtime_id)
-        if instance.run is not None:
-            instance.run.stopping = True
-            self._monitor.unregister_instance(key)
-        if runtime is not None:
-            try:
-                if instance.run is not None and not instance.run.exited.is_set():
-                    runtime.kill(instance.container_id, "TERM")
-                    if not instance.run.exited.wait(self._stop_timeout):
-                        runtime.kill(instance.container_id, "KILL")
-                        instance.run.exited.wait(self._stop_timeout)
-                runtime.delete(instance.container_id)
-            except AosError as err:
-                log.error("stopping %s: %s", key, err)
-                self._sender.send(core_alert(f"stopping instance {key.item_id}/{key.instance}: {err}"))
-        if instance.run is not None:
-            self._touch_image(instance.info.manifest_digest)
-        instance.run = None
-        if forget:
-            self._store.remove_instance(key)
-        return instance
+        record_output(reader, self._containers.log_path(instance.container_id), pid, on_exit)
 
     # --- exits
 
     def _exited(self, event: Exit) -> None:
-        with self._lock:
-            instance = self._instances.get(event.key)
-        if instance is None or instance.run is not event.run or event.run.stopping:
-            return
-        reason = describe_exit(event.status)
-        # ErrorInfo.exit_code: the exit code, or minus the signal number for a killed process.
-        code = 0
-        if event.status is not None:
-            code = -os.WTERMSIG(event.status) if os.WIFSIGNALED(event.status) else os.WEXITSTATUS(event.status)
+        instance = self._instances.get(event.key)
+        if instance is None or instance.run is not event.run:
+            return  # stopped by us, or replaced: the life cycle already moved on
+        instance.exit_when = event.when
+        self._guarded(event.key, Exited(event.run.number, self._monotonic(), exit_status(event.status)))
+
+    def _reap(self, key: InstanceKey, instance: Instance, status: ExitStatus) -> None:
+        """The process ended on its own: remove its container, keep a crash record, alert CM."""
+        run = instance.run
         instance.run = None
-        self._set_state(instance, "failed", Failed(f"instance {reason}", exit_code=code).to_error_info())
-        self._monitor.unregister_instance(event.key)
-        runtime = self._runtimes.get(instance.info.runtime_id)
-        if runtime is not None:
+        self._containers.remove(instance)
+        when = instance.exit_when or datetime.now(timezone.utc)
+        if run is not None:
             try:
-                runtime.delete(instance.container_id)
-            except AosError as err:
-                log.error("removing the ended container of %s: %s", event.key, err)
-        self._store.add_crash(CrashRecord(event.key, self._log_path(instance.container_id),
-                                          event.run.started_at, event.when, reason))
-        self._touch_image(instance.info.manifest_digest)
-        log.warning("instance %s %s", event.key, reason)
-        self._send_status(instance)
+                self._store.add_crash(CrashRecord(key, self._containers.log_path(instance.container_id),
+                                                  run.started_at, when, status.description))
+            except StoreError as err:
+                log.error("%s", err)
+        self._containers.touch_image(instance.info.manifest_digest)
+        log.warning("instance %s %s", key, status.description)
         self._sender.send(Out(alert=sm_pb2.Alert(
             timestamp=now_timestamp(),
             instance_alert=sm_pb2.InstanceAlert(instance=instance.info.instance, service_version=instance.info.version,
-                                                message=f"instance {reason}"),
+                                                message=f"instance {status.description}"),
         )))
 
     # --- restore after a restart
 
+    def _local_policy(self, instance: Instance) -> RunPolicy:
+        """The run policy of an instance whose image is already here (no download after a restart)."""
+        try:
+            instance.image = self._containers.local_image(instance.info.manifest_digest)
+            return self._policy_of(instance.image)
+        except Exception as err:
+            log.info("instance %s: no usable local image (%s): the default run policy until pulled",
+                     instance.info.instance.item_id, err)
+            return RunPolicy()
+
     def _adopt(self, key: InstanceKey, instance: Instance) -> bool:
         """True when the instance's container still runs and its output FIFO could be reopened."""
-        runtime = self._runtimes.get(instance.info.runtime_id)
-        if runtime is None:
+        running = self._containers.still_running(instance)
+        if running is None:
             return False
-        try:
-            state = runtime.state(instance.container_id)
-        except AosError as err:
-            log.warning("state of %s: %s", key, err)
-            return False
-        if state is None or state.status != "running":
-            return False
-        reader = reopen_output(self._bundle(instance.container_id) / "output.fifo")
-        if reader is None:
-            return False
+        reader, state = running
+        self._feed(key, Adopted(instance.life.policy, self._monotonic()))
         # The run began when the container was created, not when we adopted it: a crash record's
         # time range must cover the lines it wrote before the agent came back.
-        self._follow(key, instance, reader, state.pid, started_at=state.created)
-        self._set_state(instance, "active", error_info_ok())
-        self._monitor.register_instance(self._monitored(key, instance))
+        self._follow(key, instance, reader, state.pid, instance.life.run, started_at=state.created)
         log.info("instance %s adopted: container %s still runs (pid %d)", key, instance.container_id, state.pid)
         return True
-
-    def _remove_strays(self, wanted: Set[str]) -> None:
-        """Delete containers in our runtimes' state roots that no stored instance owns: the agent
-        died between stopping one and forgetting it, or CM's stop arrived while it was down."""
-        for runtime in self._runtimes.values():
-            try:
-                strays = [c for c in runtime.list_ids() if c not in wanted]
-                for container in strays:
-                    log.warning("container %s belongs to no instance: removed", container)
-                    runtime.delete(container)
-            except AosError as err:
-                log.error("looking for stray containers: %s", err)
-
-    def _restore(self) -> None:
-        with self._lock:
-            waiting = [(key, i) for key, i in self._instances.items() if i.state != "active"]
-        for key, instance in waiting:
-            self._launch(key, instance)
-            self._send_status(instance)
-        if waiting:
-            self._sender.send(Out(node_instances_status=self.node_instances_status()))
-
-    def _touch_image(self, digest: str) -> None:
-        # One durable write per image per minute is plenty for a TTL counted in hours; a batch of
-        # twenty instances of one image would otherwise pay twenty fsyncs for the same fact.
-        now = self._clock()
-        if now - self._touched.get(digest, float("-inf")) >= 60.0:
-            self._store.touch_image(digest, now)
-            self._touched[digest] = now
 
     def _collect_garbage(self) -> None:
         with self._lock:
             in_use = {i.info.manifest_digest for i in self._instances.values()}
-        collect_garbage(self._store, self._images, in_use, self._clock(), self._image_ttl)
-
-
-def _json(spec: Mapping[str, object]) -> bytes:
-    return json.dumps(spec, indent=2).encode()
+        self._containers.collect_garbage(in_use, self._image_ttl)

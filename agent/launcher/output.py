@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..instancelog import format_line
+from .lifecycle import ExitStatus
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,15 @@ def describe_exit(status: Optional[int]) -> str:
             return f"killed by signal {signal.Signals(number).name}"
         return f"killed by signal {number}"
     return f"exited with code {os.WEXITSTATUS(status)}"
+
+
+def exit_status(status: Optional[int]) -> ExitStatus:
+    """A wait status as the life cycle takes it: the exit code, or the (positive) signal number."""
+    if status is None:
+        return ExitStatus(None, None, describe_exit(status))
+    if os.WIFSIGNALED(status):
+        return ExitStatus(None, os.WTERMSIG(status), describe_exit(status))
+    return ExitStatus(os.WEXITSTATUS(status), None, describe_exit(status))
 
 
 ExitCallback = Callable[[Optional[int], datetime], None]

@@ -13,8 +13,10 @@ from typing import Optional
 from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
-from ..errors import InvalidArgument, error_info_ok
+from ..errors import InvalidArgument, error_info_from_exception, error_info_ok
 from ..ports import InstanceKey, MonitoredInstance
+from .image import Image
+from .lifecycle import InstanceLife, Problem
 
 log = logging.getLogger(__name__)
 
@@ -42,28 +44,49 @@ class NullMonitor:
 
 @dataclass
 class Run:
-    """One run of a container: started at ``started_at``; ``stopping`` once the launcher ends it."""
+    """One run of a container: its pid, when it started, and ``number``, the life cycle's run."""
 
     pid: int
     started_at: datetime
+    number: int
     exited: threading.Event = field(default_factory=threading.Event)
-    stopping: bool = False
 
 
 @dataclass
 class Instance:
+    """The runner's record of one instance: what CM sent, its life cycle, and what runs now.
+
+    Only the launcher's worker thread feeds ``life``; pool tasks hold ``lock`` while they create or
+    halt the container, so a stop never races the start it cancels."""
+
     info: sm_pb2.InstanceInfo
     container_id: str
-    state: str = "activating"
-    error: common_pb2.ErrorInfo = field(default_factory=error_info_ok)
+    life: InstanceLife = field(default_factory=InstanceLife)
+    image: Optional[Image] = None
     run: Optional[Run] = None
+    timer: Optional[threading.Timer] = None
+    exit_when: Optional[datetime] = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def status(self) -> sm_pb2.InstanceStatus:
-        return sm_pb2.InstanceStatus(
-            instance=self.info.instance, version=self.info.version, runtime_id=self.info.runtime_id,
-            manifest_digest=self.info.manifest_digest, state=self.state, error=self.error,
-            env_vars=[sm_pb2.EnvVarStatus(name=var.name, error=_env_var_error(var.name)) for var in self.info.env_vars],
-        )
+        return instance_status(self.info, self.life.wire_state, self.life.problem)
+
+
+def instance_status(info: sm_pb2.InstanceInfo, state: str, problem: Optional[Problem]) -> sm_pb2.InstanceStatus:
+    """The one status builder: every InstanceStatus the launcher sends is made here."""
+    error = error_info_ok() if problem is None else common_pb2.ErrorInfo(
+        aos_code=problem.aos_code, exit_code=problem.exit_code, message=problem.message)
+    return sm_pb2.InstanceStatus(
+        instance=info.instance, version=info.version, runtime_id=info.runtime_id,
+        manifest_digest=info.manifest_digest, state=state, error=error,
+        env_vars=[sm_pb2.EnvVarStatus(name=var.name, error=_env_var_error(var.name)) for var in info.env_vars],
+    )
+
+
+def problem_of(err: BaseException) -> Problem:
+    """The life cycle's Problem for any exception (through the agent's one ErrorInfo translation)."""
+    info = error_info_from_exception(err)
+    return Problem(info.aos_code, info.message, info.exit_code)
 
 
 def _env_var_error(name: str) -> common_pb2.ErrorInfo:
@@ -75,6 +98,8 @@ def _env_var_error(name: str) -> common_pb2.ErrorInfo:
 
 @dataclass(frozen=True)
 class Exit:
+    """A run's process ended: its wait status (None when not our child) and when."""
+
     key: InstanceKey
     run: Run
     status: Optional[int]

@@ -5,27 +5,32 @@
   any CM connects (offline autonomy).
 - ``crashes``: runs that ended on their own, for InstanceCrashLogRequest after a restart too.
 - ``images``: when each image was last used, for garbage collection after ``imageTTL``.
+- ``offline``: since when the cloud has been away (wall seconds), so that the offline TTL clock
+  survives an agent restart (INSTANCES.md "Running and watching").
 
 Every change is one transaction (sqlite3's context manager commits or rolls back), so a power cut
 leaves the previous state or the new one. A file SQLite cannot read (corrupt, not a database) is
 moved aside and a fresh store started; ``problem`` says what happened so the launcher can tell CM
-in a CoreAlert instead of crashing the agent.
+in a CoreAlert instead of crashing the agent. Any other SQLite error (disk full, I/O error, a
+locked file) is raised as :class:`StoreError`, a ``failed`` the launcher reports like any other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from google.protobuf.message import DecodeError
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
+from ..errors import Failed
 from ..ports import CrashRecord, InstanceKey
 
 log = logging.getLogger(__name__)
@@ -42,9 +47,22 @@ CREATE TABLE IF NOT EXISTS crashes (
     item_id TEXT NOT NULL, subject_id TEXT NOT NULL, instance INTEGER NOT NULL, type INTEGER NOT NULL,
     log_path TEXT NOT NULL, started_at TEXT NOT NULL, crashed_at TEXT NOT NULL, reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images (digest TEXT PRIMARY KEY, last_used REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS offline (id INTEGER PRIMARY KEY CHECK (id = 0), since REAL);
 """
 
 _KEY_WHERE = "item_id = ? AND subject_id = ? AND instance = ? AND type = ?"
+
+
+class StoreError(Failed):
+    """The launcher's SQLite store failed (disk full, I/O error); the message says which step."""
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as err:
+        raise StoreError(f"launcher store: {what}: {err}") from err
 
 
 def _key_values(key: InstanceKey) -> Tuple[str, str, int, int]:
@@ -88,7 +106,7 @@ class LauncherStore:
     # --- desired instances
 
     def instances(self) -> Dict[InstanceKey, Tuple[sm_pb2.InstanceInfo, str]]:
-        with self._lock:
+        with _translated("reading instances"), self._lock:
             rows = self._db.execute(
                 "SELECT item_id, subject_id, instance, type, info, container_id FROM instances ORDER BY rowid"
             ).fetchall()
@@ -106,21 +124,26 @@ class LauncherStore:
         return result
 
     def put_instance(self, key: InstanceKey, info: sm_pb2.InstanceInfo, container_id: str) -> None:
-        with self._lock, self._db:
-            self._db.execute(
+        self.put_instances([(key, info, container_id)])
+
+    def put_instances(self, rows: Sequence[Tuple[InstanceKey, sm_pb2.InstanceInfo, str]]) -> None:
+        """Remember every instance of a batch in one transaction: one fsync, all or none."""
+        with _translated("saving instances"), self._lock, self._db:
+            self._db.executemany(
                 "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?)",
-                (*_key_values(key), info.SerializeToString(deterministic=True), container_id),
+                [(*_key_values(key), info.SerializeToString(deterministic=True), container_id)
+                 for key, info, container_id in rows],
             )
 
     def remove_instance(self, key: InstanceKey) -> None:
-        with self._lock, self._db:
+        with _translated("forgetting an instance"), self._lock, self._db:
             self._db.execute(f"DELETE FROM instances WHERE {_KEY_WHERE}", _key_values(key))
 
     # --- crashes
 
     def add_crash(self, record: CrashRecord) -> None:
         values = _key_values(record.key)
-        with self._lock, self._db:
+        with _translated("saving a crash record"), self._lock, self._db:
             self._db.execute(
                 "INSERT INTO crashes (item_id, subject_id, instance, type, log_path, started_at, crashed_at, reason)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -134,7 +157,7 @@ class LauncherStore:
             )
 
     def crashes(self) -> List[CrashRecord]:
-        with self._lock:
+        with _translated("reading crash records"), self._lock:
             rows = self._db.execute(
                 "SELECT item_id, subject_id, instance, type, log_path, started_at, crashed_at, reason"
                 " FROM crashes ORDER BY id"
@@ -148,16 +171,28 @@ class LauncherStore:
     # --- image use
 
     def touch_image(self, digest: str, now: float) -> None:
-        with self._lock, self._db:
+        with _translated("recording image use"), self._lock, self._db:
             self._db.execute("INSERT OR REPLACE INTO images VALUES (?, ?)", (digest, now))
 
     def image_use(self) -> Dict[str, float]:
-        with self._lock:
+        with _translated("reading image use"), self._lock:
             return dict(self._db.execute("SELECT digest, last_used FROM images").fetchall())
 
     def forget_image(self, digest: str) -> None:
-        with self._lock, self._db:
+        with _translated("forgetting an image"), self._lock, self._db:
             self._db.execute("DELETE FROM images WHERE digest = ?", (digest,))
+
+    # --- the offline TTL clock
+
+    def offline_since(self) -> Optional[float]:
+        """Since when the cloud has been away (wall seconds); None if connected or never recorded."""
+        with _translated("reading the offline clock"), self._lock:
+            row = self._db.execute("SELECT since FROM offline WHERE id = 0").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def set_offline_since(self, since: Optional[float]) -> None:
+        with _translated("saving the offline clock"), self._lock, self._db:
+            self._db.execute("INSERT OR REPLACE INTO offline VALUES (0, ?)", (since,))
 
 
 def _utc(text: str) -> datetime:

@@ -60,3 +60,32 @@ class RecordingSender:
                 if remaining <= 0:
                     raise AssertionError(f"timed out; sent so far: {self.messages}")
                 self._cond.wait(remaining)
+
+
+def quick_item_config(**extra: object) -> dict:
+    """An item config whose start window is short (tests wait for ``active``, not for 6 s)."""
+    config: dict = {"runParameters": {"startInterval": "300ms", "startBurst": 3, "restartInterval": "100ms"}}
+    config.update(extra)
+    return config
+
+
+class PhaseLog:
+    """A launcher observer that keeps every phase each instance entered; tests wait on it."""
+
+    def __init__(self) -> None:
+        self.phases: dict = {}
+        self._cond = threading.Condition()
+
+    def __call__(self, key: object, phase: object) -> None:
+        with self._cond:
+            self.phases.setdefault(key, []).append(phase)
+            self._cond.notify_all()
+
+    def wait(self, predicate: Callable[[dict], bool], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self.phases):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"timed out; phases so far: {self.phases}")
+                self._cond.wait(remaining)

@@ -144,15 +144,17 @@ def test_an_unknown_runtime_id_fails(make_launcher, blob_server: BlobServer, lay
 def test_a_crash_is_failed_with_its_code_an_instance_alert_and_a_crash_record(
     make_launcher, blob_server: BlobServer, layer: bytes
 ) -> None:
-    image = build_image([layer], entrypoint=["/bin/sh", "-c"], cmd=["echo about to fail; sleep 1; exit 3"])
+    # startBurst 1: the first crash is final (restarts: tests/launcher/test_lifecycle_runc.py).
+    image = build_image([layer], entrypoint=["/bin/sh", "-c"], cmd=["echo about to fail; sleep 1; exit 3"],
+                        item_config={"runParameters": {"startInterval": "300ms", "startBurst": 1}})
     sender = RecordingSender()
     launcher = make_launcher(sender, resolver_for(blob_server.publish(image)))
     launcher.start()
     launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[info(image.manifest_digest, "crasher")]))
-    sender.wait(lambda s: len(s.of_kind("alert")) == 1)
+    sender.wait(lambda s: len(s.of_kind("alert")) == 1 and len(states(s, "crasher")) == 3)
     assert states(sender, "crasher") == ["activating", "active", "failed"]
     failed = sender.statuses()[-1]
-    assert (failed.error.aos_code, failed.error.exit_code) == (1, 3)
+    assert (failed.error.aos_code, failed.error.exit_code) == (2, 3)
     assert "exited with code 3" in failed.error.message
     alert = sender.of_kind("alert")[0].instance_alert
     assert (alert.instance.item_id, alert.service_version) == ("crasher", "1.0.0")
@@ -179,7 +181,8 @@ def test_commands_during_a_batch_are_queued_and_unchanged_instances_are_untouche
     launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[changed]))
     sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 3)
     assert states(sender, "one") == ["activating", "active", "active"]  # the second batch kept it running
-    assert states(sender, "two") == ["activating", "active", "activating", "active"]  # restarted on change
+    # Restarted on change: stopped (inactive), then started (INSTANCES.md "Statuses").
+    assert states(sender, "two") == ["activating", "active", "inactive", "activating", "active"]
     final = sender.of_kind("node_instances_status")[-1]
     assert sorted((s.instance.item_id, s.state) for s in final.instances) == [("one", "active"), ("two", "active")]
 

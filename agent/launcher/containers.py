@@ -72,6 +72,15 @@ class Containers:
     def bundle(self, container: str) -> Path:
         return self.root / "bundles" / container
 
+    def host_path(self, kind: str, path: str) -> Path:
+        """Where an instance's ``storage`` or ``state`` path lives on the host. CM sends them
+        relative (``<item>/<subject>/<instance>``, INSTANCES.md "Storage and state"), joined
+        here to ``<workingDir>/storages`` or ``<workingDir>/states``: taken as given they would
+        land relative to the agent's working directory (``/`` under systemd). The boundary
+        (agent/wirecheck.py) refuses absolute paths and ``..``; an absolute one here comes
+        from a direct caller (tests) and is kept."""
+        return Path(path) if Path(path).is_absolute() else self.root.parent / f"{kind}s" / path
+
     def runtime(self, instance: Instance) -> OciRuntime:
         runtime = self.runtimes.get(instance.info.runtime_id)
         if runtime is None:
@@ -190,10 +199,12 @@ class Containers:
     def bundle_spec(self, instance: Instance, image: Image) -> BundleSpec:
         info = instance.info
         state_is_file = True
-        if info.storage_path:
-            Path(info.storage_path).mkdir(parents=True, exist_ok=True)
-        if info.state_path:
-            state = Path(info.state_path)
+        storage = str(self.host_path("storage", info.storage_path)) if info.storage_path else ""
+        state_path = str(self.host_path("state", info.state_path)) if info.state_path else ""
+        if storage:
+            Path(storage).mkdir(parents=True, exist_ok=True)
+        if state_path:
+            state = Path(state_path)
             if state.is_dir():
                 state_is_file = False
             elif not state.exists():
@@ -204,14 +215,14 @@ class Containers:
             rootfs=str(image.rootfs), hostname=instance.container_id,
             cgroups_path="/" + self.cgroup(instance.container_id),
             uid=info.uid, gid=info.gid, env_vars=tuple((e.name, e.value) for e in info.env_vars),
-            priority=info.priority, storage_path=info.storage_path, state_path=info.state_path,
+            priority=info.priority, storage_path=storage, state_path=state_path,
             state_is_file=state_is_file, item_id=ident.item_id, subject_id=ident.subject_id,
             instance_index=ident.instance, item_config=image.item_config,
             resources=self._resources.grant(image.item_config.resources), cpu=self._cpu,
         )
 
     def monitored(self, key: InstanceKey, instance: Instance) -> MonitoredInstance:
-        partitions = tuple((name, Path(path)) for name, path in
+        partitions = tuple((name, self.host_path(name, path)) for name, path in
                            (("storage", instance.info.storage_path), ("state", instance.info.state_path)) if path)
         return MonitoredInstance(key, instance.info.runtime_id, self.cgroup(instance.container_id),
                                  instance.info.monitoring_parameters, partitions)

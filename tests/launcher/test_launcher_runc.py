@@ -66,11 +66,13 @@ def test_start_runs_the_image_as_the_given_user_in_its_cgroup_then_stop(
     monitor = RecordingMonitor()
     launcher = make_launcher(sender, resolver_for(blob_server.publish(image)), monitor=monitor)
     launcher.start()
-    storage = tmp_path / "storage"
+    # CM sends the paths relative; the launcher joins them to <workingDir>/storages and /states.
+    storage = tmp_path / "work" / "storages" / "svc" / "subj" / "0"
+    state_file = tmp_path / "work" / "states" / "svc" / "subj" / "0" / "state.dat"
     rules = sm_pb2.MonitoringParameters()
     rules.alert_rules.ram.min_threshold = 10.0
-    request = info(image.manifest_digest, uid=1234, gid=4321, storage_path=str(storage),
-                   state_path=str(tmp_path / "state.dat"), monitoring_parameters=rules,
+    request = info(image.manifest_digest, uid=1234, gid=4321, storage_path="svc/subj/0",
+                   state_path="svc/subj/0/state.dat", monitoring_parameters=rules,
                    env_vars=[sm_pb2.EnvVarInfo(name="GREETING", value="cm")])
     launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[request]))
     sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
@@ -90,12 +92,12 @@ def test_start_runs_the_image_as_the_given_user_in_its_cgroup_then_stop(
     wait_until(lambda: log_file.path.exists() and b"started as" in log_file.path.read_bytes(), what="output")
     stamped = [parse_line(line) for line in log_file.path.read_bytes().splitlines(keepends=True)]
     assert stamped[0] is not None and stamped[0][1] == b"started as 1234:4321 GREETING=cm\n"
-    assert storage.is_dir() and (tmp_path / "state.dat").is_file()
+    assert storage.is_dir() and state_file.is_file()
     (registered,) = monitor.events
     assert isinstance(registered, MonitoredInstance)
     assert (registered.key, registered.runtime_id, registered.cgroup) == (log_file.key, RUNC_ID, log_file.cgroup)
     assert registered.monitoring_parameters.alert_rules.ram.min_threshold == 10.0
-    assert registered.partitions == (("storage", storage), ("state", tmp_path / "state.dat"))
+    assert registered.partitions == (("storage", storage), ("state", state_file))
 
     launcher.update_instances(sm_pb2.UpdateInstances(stop_instances=[request.instance]))
     sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 2)

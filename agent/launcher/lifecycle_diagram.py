@@ -1,40 +1,26 @@
-"""Draw the instance life cycle from ``lifecycle.EDGES``, the same table the core runs."""
+"""Draw the instance life cycle from ``lifecycle.EDGES``, the same table the core runs (with the
+session diagram's renderers)."""
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence
+
+from aos_sm.statemachine.diagram import Arrow, dot, merge_arrows, mermaid
 
 from .lifecycle import EDGES, Edge, Phase
 
 _GUARD_LABELS = {"": "", "burst_left": " (burst left)", "burst_exhausted": " (burst exhausted)"}
 
 
-def _merged(edges: Sequence[Edge]) -> List[Tuple[Phase, Phase, str]]:
-    """One arrow per (source, dest) pair, labelled with every event (and guard) that takes it."""
-    labels: Dict[Tuple[Phase, Phase], List[str]] = {}
-    for edge in edges:
-        label = edge.event + _GUARD_LABELS.get(edge.guard, f" ({edge.guard})")
-        for source in edge.sources:
-            events = labels.setdefault((source, edge.dest), [])
-            if label not in events:
-                events.append(label)
-    return [(source, dest, " / ".join(events)) for (source, dest), events in labels.items()]
+def _arrows(edges: Sequence[Edge]) -> List[Arrow]:
+    """Each edge labelled with its event and guard."""
+    return merge_arrows((edge.sources, edge.dest, edge.event + _GUARD_LABELS.get(edge.guard, f" ({edge.guard})"))
+                        for edge in edges)
 
 
 def render_mermaid(edges: Sequence[Edge] = EDGES) -> str:
-    lines = ["stateDiagram-v2", f"    [*] --> {Phase.Idle.name}"]
-    lines += [f"    {src.name} --> {dst.name}: {label}" for src, dst, label in _merged(edges)]
-    return "\n".join(lines) + "\n"
+    return mermaid(Phase.Idle.name, _arrows(edges))
 
 
 def render_dot(edges: Sequence[Edge] = EDGES) -> str:
-    lines = [
-        "digraph instance {",
-        "    rankdir=LR;",
-        '    node [shape=box, style=rounded];',
-        '    start [shape=point];',
-        f"    start -> {Phase.Idle.name};",
-    ]
-    lines += [f'    {src.name} -> {dst.name} [label="{label}"];' for src, dst, label in _merged(edges)]
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    return dot("instance", Phase.Idle.name, _arrows(edges))

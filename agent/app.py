@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 from aos_sm import hw
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
-from .certs import ExpiryAlerts
+from .certs import ExpiryAlerts, ExpiryWatch
 from .cloud import CloudConnection
 from .config import AgentConfig
 from .dispatch import Dispatcher
@@ -48,9 +48,12 @@ class Agent:
     monitor: Monitor  # the launcher registers its instances here (InstanceMonitorPort)
     runtimes: Tuple[str, ...]  # the runtime types registered in SMInfo: the ones that can run here
     journal_alerts: Optional[JournalAlerts] = None
+    expiry_watch: Optional[ExpiryWatch] = None  # certificates' last 7 days, checked while running
 
     def start(self) -> None:
         self.monitor.start()
+        if self.expiry_watch is not None:
+            self.expiry_watch.start()
         if self.journal_alerts is not None:
             self.journal_alerts.start()
         # Instances come back before any CM connects (offline autonomy), and registration's
@@ -63,6 +66,8 @@ class Agent:
         self.launcher.stop(timeout)
         stopped = self.monitor.stop(timeout) and stopped
         self.logs.close()
+        if self.expiry_watch is not None:
+            self.expiry_watch.stop()
         if self.journal_alerts is not None:
             stopped = self.journal_alerts.stop(timeout) and stopped
         return stopped
@@ -77,13 +82,14 @@ class _Registration:
     them until the session is live, so CM sees them once registered).
     """
 
-    def __init__(self, node: Node, launcher: Launcher, outbox: Outbox, logged: Tuple[str, ...] = ()) -> None:
+    def __init__(self, node: Node, launcher: Launcher, outbox: Outbox, expiry: ExpiryWatch,
+                 logged: Tuple[str, ...] = ()) -> None:
         self._node = node
         self._launcher = launcher
         self._outbox = outbox
+        self._expiry = expiry
         self._logged = logged  # already in the log at start
         self._alerted: Optional[Tuple[str, ...]] = None
-        self._expiry = ExpiryAlerts(node.config)
 
     def __call__(self) -> Tuple[sm_pb2.SMInfo, sm_pb2.NodeInstancesStatus]:
         resources = load_node_resources(self._node)
@@ -98,8 +104,7 @@ class _Registration:
                 self._outbox.send(core_alert(note))
             self._alerted = notes
         # Kept by the outbox until this session is live: CM hears it right after registering.
-        for line in self._expiry.due():
-            self._outbox.send(core_alert(f"certificate {line}"))
+        self._expiry.tick()
         return plan.sm_info, self._launcher.node_instances_status()
 
 
@@ -165,10 +170,11 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         cloud=cloud,
     )
     runtime_types = usable.types
+    expiry = ExpiryWatch(ExpiryAlerts(config), lambda text: outbox.send(core_alert(text)))
     gateway = Gateway(
         config,
         target=address,
-        registration=_Registration(node, launcher, outbox, logged=start_notes),
+        registration=_Registration(node, launcher, outbox, expiry, logged=start_notes),
         handler=dispatcher.handle_frame,
         outbox=outbox,
         transport=transport or GrpcTransport(config, address),
@@ -176,7 +182,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         connect_timeout=connect_timeout,
     )
     return Agent(config, outbox, gateway, dispatcher, node_config, launcher, cloud, capacity, logs, monitor,
-                 runtime_types, journal_alerts)
+                 runtime_types, journal_alerts, expiry if config.tls_mode != "plaintext" else None)
 
 
 def describe(agent: Agent) -> List[str]:

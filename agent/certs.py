@@ -361,3 +361,36 @@ def require_ca_cert(config: AgentConfig) -> None:
     _load_certificates(file, problems)
     if problems:
         raise ConfigError("caCert", f"{config.ca_cert}: {problems[0].reason}")
+
+
+class ExpiryWatch:
+    """Re-checks the certificates every ``period`` seconds while the agent runs: a certificate
+    that enters its last 7 days during a session that lasts weeks is a CoreAlert then, not at the
+    next reconnect. It shares ``alerts`` (and so its once-an-hour limit) with registration, which
+    checks on every connect; ``send`` gets each CoreAlert text (the outbox keeps it until a
+    session is live)."""
+
+    def __init__(self, alerts: ExpiryAlerts, send: Callable[[str], None], *, period: float = 600.0) -> None:
+        self._alerts = alerts
+        self._send = send
+        self._period = period
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def tick(self) -> None:
+        for line in self._alerts.due():
+            self._send(f"certificate {line}")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sm-certexpiry", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            try:
+                self.tick()
+            except Exception:  # the next period tries again; a check never stops the agent
+                log.exception("certificate expiry check failed")

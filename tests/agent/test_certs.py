@@ -281,3 +281,28 @@ def test_an_expired_client_certificate_is_named_before_connecting(
     assert record.getMessage().startswith(f"TLS credentials: certFile {files.cert}: expired on ")
     assert agent.gateway.sync_count == 0
     assert os.path.exists(files.cert)
+
+
+def test_a_certificate_entering_its_last_week_mid_session_is_alerted_then_once_an_hour(tmp_path: Path) -> None:
+    """Registration checks on every connect; a session can last weeks, so the watch checks too,
+    under the same once-an-hour limit."""
+    ca = make_ca()
+    files = write_files(tmp_path, ca, issue(ca, "node0", end=NOW + 10 * DAY))
+    config = AgentConfig(node_id="n", cm_server_url="localhost:1", ca_cert=files.ca, cert_file=files.cert,
+                         key_file=files.key)
+    wall = [NOW]
+    clock = [0.0]
+    sent: List[str] = []
+    watch = certs.ExpiryWatch(certs.ExpiryAlerts(config, now=lambda: wall[0], monotonic=lambda: clock[0]),
+                              sent.append)
+    watch.tick()
+    assert sent == []  # 10 days left
+    wall[0], clock[0] = NOW + 4 * DAY, 600.0
+    watch.tick()
+    assert sent == [f"certificate certFile expires in 6 days (2026-12-10 12:00 UTC): {files.cert}"]
+    clock[0] = 1200.0
+    watch.tick()
+    assert len(sent) == 1
+    clock[0] = 600.0 + certs.ALERT_INTERVAL
+    watch.tick()
+    assert len(sent) == 2

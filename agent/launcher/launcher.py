@@ -107,26 +107,38 @@ _Job = Union[_Batch, _Post, Exit, _Cloud, str]
 
 
 class _Pool:
-    """A bounded pool of daemon threads. Why not concurrent.futures: the interpreter joins its
-    workers at exit, so a download hanging on a dead network would hold up the agent's exit."""
+    """A bounded pool of daemon threads, started on demand (a board that runs two instances never
+    pays for 16 idle threads). Why not concurrent.futures: the interpreter joins its workers at
+    exit, so a download hanging on a dead network would hold up the agent's exit. The on-demand
+    rule is ThreadPoolExecutor's: a task goes to an idle thread if one is waiting, else a new
+    thread starts while fewer than ``size`` exist."""
 
     def __init__(self, size: int, name: str) -> None:
+        self._size = max(1, size)
+        self._name = name
         self._tasks: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
-        self._threads = [threading.Thread(target=self._serve, name=f"{name}-{number}", daemon=True)
-                         for number in range(max(1, size))]
-        for thread in self._threads:
-            thread.start()
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._threads: List[threading.Thread] = []
 
     def submit(self, task: Callable[[], None]) -> None:
         self._tasks.put(task)
+        if self._idle.acquire(blocking=False):
+            return  # a waiting thread takes it
+        with self._lock:
+            if len(self._threads) < self._size:
+                thread = threading.Thread(target=self._serve, name=f"{self._name}-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
 
     def shutdown(self) -> None:
         """Drop the tasks not started yet and let the threads end; waits for none."""
         with contextlib.suppress(queue.Empty):
             while True:
                 self._tasks.get_nowait()
-        for _ in self._threads:
-            self._tasks.put(None)
+        with self._lock:
+            for _ in self._threads:
+                self._tasks.put(None)
 
     def _serve(self) -> None:
         while True:
@@ -137,6 +149,7 @@ class _Pool:
                 task()
             except Exception:  # tasks report their own failures; this one is a bug
                 log.exception("launcher task failed")
+            self._idle.release()
 
 
 class Launcher:

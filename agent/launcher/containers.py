@@ -84,7 +84,7 @@ class Containers:
     def runtime(self, instance: Instance) -> OciRuntime:
         runtime = self.runtimes.get(instance.info.runtime_id)
         if runtime is None:
-            raise NotFound(f"runtime {instance.info.runtime_id!r} is not available on this node")
+            raise NotFound(f"runtime not available on this node: {instance.info.runtime_id!r}")
         return runtime
 
     # --- images

@@ -62,7 +62,7 @@ class OciRuntime:
         try:
             return _run_until(self._command(*args), self._timeout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except OSError as err:
-            raise OciRuntimeError(f"{self.binary} {args[0]}: {err}") from err
+            raise OciRuntimeError(f"{Path(self.binary).name} {args[0]} failed: {err}") from err
 
     def run_detached(self, container_id: str, bundle: Path, output_fd: int) -> int:
         """Start the container with ``output_fd`` as its stdout and stderr; its host pid."""
@@ -74,14 +74,14 @@ class OciRuntime:
         try:
             result = _run_until(command, self._timeout, stdout=output_fd, stderr=output_fd)
         except OSError as err:
-            raise OciRuntimeError(f"{self.binary} run {container_id}: {err}") from err
+            raise OciRuntimeError(f"{Path(self.binary).name} run failed: {err} (container {container_id})") from err
         if result.returncode != 0:
-            raise OciRuntimeError(f"{self.binary} run {container_id} exited {result.returncode}: "
-                                f"{_last_error(log_file)}")
+            raise OciRuntimeError(f"{Path(self.binary).name} run exited {result.returncode}: "
+                                f"{_last_error(log_file)} (container {container_id})")
         try:
             return int(pid_file.read_text().strip())
         except (OSError, ValueError) as err:
-            raise OciRuntimeError(f"{self.binary} run {container_id}: no pid file: {err}") from err
+            raise OciRuntimeError(f"{Path(self.binary).name} run left no pid file: {err} (container {container_id})") from err
 
     def state(self, container_id: str) -> Optional[ContainerState]:
         """The container's state, or None when the runtime does not know it."""
@@ -92,12 +92,12 @@ class OciRuntime:
             data = json.loads(result.stdout)
             return ContainerState(str(data["status"]), int(data.get("pid") or 0), parse_created(data.get("created")))
         except (ValueError, KeyError, TypeError) as err:
-            raise OciRuntimeError(f"{self.binary} state {container_id}: unreadable output: {err}") from err
+            raise OciRuntimeError(f"{Path(self.binary).name} state unreadable: {err} (container {container_id})") from err
 
     def kill(self, container_id: str, signal: str = "KILL") -> None:
         result = self._run("kill", container_id, signal)
         if result.returncode != 0 and "not running" not in result.stderr and "does not exist" not in result.stderr:
-            raise OciRuntimeError(f"{self.binary} kill {container_id}: {result.stderr.strip()}")
+            raise OciRuntimeError(f"{Path(self.binary).name} kill failed: {result.stderr.strip()} (container {container_id})")
 
     def delete(self, container_id: str) -> None:
         """Remove the container (killing it if it still runs); a container already gone is fine."""
@@ -105,7 +105,7 @@ class OciRuntime:
             return  # the runtime keeps one state directory per container: no need to ask it
         result = self._run("delete", "--force", container_id)
         if result.returncode != 0 and "does not exist" not in result.stderr:
-            raise OciRuntimeError(f"{self.binary} delete {container_id}: {result.stderr.strip()}")
+            raise OciRuntimeError(f"{Path(self.binary).name} delete failed: {result.stderr.strip()} (container {container_id})")
 
     def list_ids(self) -> List[str]:
         """Every container the runtime has state for under our root (one directory each)."""

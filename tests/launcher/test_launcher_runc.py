@@ -228,6 +228,8 @@ def test_an_entrypoint_the_runtime_cannot_exec_fails_with_its_message(
     failed = sender.statuses()[-1]
     assert (failed.state, failed.error.aos_code) == ("failed", 1)
     assert "no-such-program" in failed.error.message, failed.error.message
+    # Cause first (CM keeps 64 characters); the 64-character container id comes last.
+    assert failed.error.message.startswith("runc run exited 1: "), failed.error.message
     assert list((tmp_path / "work" / "launcher" / "runtime" / "runc").iterdir()) == []  # nothing half-created
 
 

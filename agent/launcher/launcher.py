@@ -20,140 +20,48 @@ Theory of operation:
 - Offline TTL: the cloud's absence is an :class:`~.lifecycle.OfflineClock` kept in the store;
   instances whose item config sets ``offlineTTL`` are stopped once it passes (one timer, to the
   nearest deadline).
+- Parts: ``pool.py`` (the pools, the blocking tasks they run, the offline-TTL clock and timer) and
+  ``batches.py`` (the worker's jobs, the batch bookkeeping and the statuses).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import (Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union)
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
-from ..errors import AosError, ResourceUnavailable
-from ..messages import core_alert, now_timestamp
+from ..errors import AosError
+from ..messages import core_alert
 from ..ports import CrashRecord, InstanceKey, InstanceLogFile, InstanceMonitorPort, Sender
+from .batches import Batch, BatchRunner, Cloud, Job, Post
 from .bundle import CpuCapacity
 from .containers import Containers
-from .image import Image, Resolver
-from .lifecycle import (SETTLED, Adopted, CancelTimer, Create, Effect, Event, ExitStatus, Exited, Faulted,
-                        Forget, Halt, Ignored, ImageReady, InstanceLife, LaunchFailed, LifecycleError,
-                        OfflineClock, Phase, ProcessRunning, Pull, Reap, Report, RunPolicy,
-                        StartRequested, StartTimer, StopFailed, Stopped, StopRequested, TtlExpired, Unwatch,
-                        Watch)
-from .output import exit_status, record_output, set_subreaper
-from .plan import info_fingerprint, plan_update
-from .records import Exit, Instance, Run, instance_status, problem_of
+from .image import Resolver
+from .lifecycle import (Adopted, CancelTimer, Create, Effect, Event, Exited, Faulted, Forget, Halt, Ignored,
+                        ImageReady, InstanceLife, LifecycleError, Phase, Pull, Reap, Report, StartTimer,
+                        StopRequested, TtlExpired, Unwatch, Watch)
+from .output import exit_status, set_subreaper
+from .pool import OfflineTtl, PolicyOf, Pool, Tasks, policy_from_item_config
+from .records import Exit, Instance, problem_of
 from .resources import ResourceSource
 from .store import LauncherStore, StoreError
 
 log = logging.getLogger(__name__)
 
-Out = sm_pb2.SMOutgoingMessages
-PolicyOf = Callable[[Image], RunPolicy]
 Observer = Callable[[InstanceKey, Phase], None]
 
-# Phases whose container may run, or is about to: what an expired offline TTL stops. Pulling is
-# not among them (the item config, hence the TTL, is not known yet): ImageReady is checked as it
-# arrives (``_expired_on_arrival``).
-_TTL_PHASES = frozenset({Phase.Creating, Phase.Confirming, Phase.Active, Phase.Backoff})
 
-
-def policy_from_item_config(image: Image) -> RunPolicy:
-    """The run policy an image's item config asks for (INSTANCES.md, runParameters, offlineTTL)."""
-    item = image.item_config
-    run = item.run_parameters
-    return RunPolicy(start_interval=run.start_interval, start_burst=run.start_burst,
-                     restart_interval=run.restart_interval, offline_ttl=item.offline_ttl)
-
-
-@dataclass(frozen=True)
-class _Post:
-    key: InstanceKey
-    event: Event
-
-
-@dataclass(frozen=True)
-class _Cloud:
-    connected: bool
-    at: float
-
-
-@dataclass(frozen=True)
-class _Batch:
-    """A unit of work that ends with one NodeInstancesStatus: CM's UpdateInstances, or the restore
-    of stored instances after an agent restart."""
-
-    request: Optional[sm_pb2.UpdateInstances] = None
-    restore: Tuple[InstanceKey, ...] = ()
-
-
-@dataclass
-class _Progress:
-    batch: _Batch
-    starts: Tuple[sm_pb2.InstanceInfo, ...] = ()
-    phase: str = "stop"
-    waiting: Set[InstanceKey] = field(default_factory=set)
-
-
-_Job = Union[_Batch, _Post, Exit, _Cloud, str]
-
-
-class _Pool:
-    """A bounded pool of daemon threads, started on demand (a board that runs two instances never
-    pays for 16 idle threads). Why not concurrent.futures: the interpreter joins its workers at
-    exit, so a download hanging on a dead network would hold up the agent's exit. The on-demand
-    rule is ThreadPoolExecutor's: a task goes to an idle thread if one is waiting, else a new
-    thread starts while fewer than ``size`` exist."""
-
-    def __init__(self, size: int, name: str) -> None:
-        self._size = max(1, size)
-        self._name = name
-        self._tasks: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
-        self._idle = threading.Semaphore(0)
-        self._lock = threading.Lock()
-        self._threads: List[threading.Thread] = []
-
-    def submit(self, task: Callable[[], None]) -> None:
-        self._tasks.put(task)
-        if self._idle.acquire(blocking=False):
-            return  # a waiting thread takes it
-        with self._lock:
-            if len(self._threads) < self._size:
-                thread = threading.Thread(target=self._serve, name=f"{self._name}-{len(self._threads)}", daemon=True)
-                self._threads.append(thread)
-                thread.start()
-
-    def shutdown(self) -> None:
-        """Drop the tasks not started yet and let the threads end; waits for none."""
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._tasks.get_nowait()
-        with self._lock:
-            for _ in self._threads:
-                self._tasks.put(None)
-
-    def _serve(self) -> None:
-        while True:
-            task = self._tasks.get()
-            if task is None:
-                return
-            try:
-                task()
-            except Exception:  # tasks report their own failures; this one is a bug
-                log.exception("launcher task failed")
-            self._idle.release()
-
-
-class Launcher:
-    """Implements LauncherPort and InstanceLogSourcePort."""
+class Launcher(BatchRunner):
+    """Implements LauncherPort and InstanceLogSourcePort. The batch bookkeeping and the statuses
+    are :class:`~.batches.BatchRunner`'s; the blocking effects are :class:`~.pool.Tasks`'."""
 
     def __init__(
         self,
@@ -182,10 +90,8 @@ class Launcher:
         self._sender = sender
         root = working_dir / "launcher"
         root.mkdir(parents=True, exist_ok=True)
-        self._resolver = resolver
         self._monitor = monitor
         self._image_ttl = image_ttl
-        self._policy_of = policy_of
         self._observer = observer
         self._clock = clock
         self._monotonic = monotonic
@@ -193,31 +99,27 @@ class Launcher:
         self._containers = Containers(root=root, runtimes=runtimes, store=self._store,
                                       cgroup_parent=cgroup_parent.strip("/"), stop_timeout=stop_timeout,
                                       clock=clock, resources=resources, cpu=cpu)
+        self._tasks = Tasks(containers=self._containers, store=self._store, sender=sender, resolver=resolver,
+                            policy_of=policy_of, monotonic=monotonic, post=self._post, on_exit=self._enqueue)
         # Two pools: downloads may hang for minutes on a bad network, and must never hold up the
         # creates and stops of other instances.
-        self._pulls = _Pool(parallel, "launcher-pull")
-        self._runs = _Pool(parallel, "launcher-run")
+        self._pulls = Pool(parallel, "launcher-pull")
+        self._runs = Pool(parallel, "launcher-run")
         self._lock = threading.Lock()
-        self._instances: Dict[InstanceKey, Instance] = {}
-        self._jobs: "queue.Queue[Optional[_Job]]" = queue.Queue()
+        self._instances = {}
+        self._jobs: "queue.Queue[Optional[Job]]" = queue.Queue()
         self._worker: Optional[threading.Thread] = None
         self._idle = threading.Condition()
         self._busy = 0
-        self._batches: Deque[_Batch] = collections.deque()
-        self._progress: Optional[_Progress] = None
-        self._offline = OfflineClock(None)
-        self._ttl_timer: Optional[threading.Timer] = None
-        self._ttl_deadline: Optional[float] = None
+        self._batches = collections.deque()
+        self._progress = None
+        self._ttl = OfflineTtl(self._store, clock, functools.partial(self._enqueue, "ttl"))
         self.subreaper = False
 
     # --- LauncherPort
 
     def update_instances(self, request: sm_pb2.UpdateInstances) -> None:
-        self._enqueue(_Batch(request=request))
-
-    def node_instances_status(self) -> sm_pb2.NodeInstancesStatus:
-        with self._lock:
-            return sm_pb2.NodeInstancesStatus(instances=[i.status() for i in self._instances.values()])
+        self._enqueue(Batch(request=request))
 
     # --- InstanceLogSourcePort
 
@@ -232,7 +134,7 @@ class Launcher:
     # --- the cloud connection (CloudConnection listener)
 
     def on_cloud_connection(self, connected: bool) -> None:
-        self._enqueue(_Cloud(connected, self._clock()))
+        self._enqueue(Cloud(connected, self._clock()))
 
     # --- life cycle of the launcher itself
 
@@ -241,7 +143,7 @@ class Launcher:
         self.subreaper = set_subreaper(True)
         if self._store.problem:
             self._sender.send(core_alert(self._store.problem))
-        self._offline = self._load_offline_clock()
+        self._ttl.load()
         try:
             stored = self._store.instances()
         except StoreError as err:
@@ -252,14 +154,14 @@ class Launcher:
         restore: List[InstanceKey] = []
         for key, (info, container) in stored.items():
             instance = Instance(info, container)
-            instance.life = InstanceLife(self._local_policy(instance))
+            instance.life = InstanceLife(self._tasks.local_policy(instance))
             with self._lock:
                 self._instances[key] = instance
             if not self._adopt(key, instance):
                 restore.append(key)
         self._check_ttl()
         if restore:
-            self._enqueue(_Batch(restore=tuple(restore)))
+            self._enqueue(Batch(restore=tuple(restore)))
         self._enqueue("gc")
         self._worker = threading.Thread(target=self._work, name="launcher", daemon=True)
         self._worker.start()
@@ -275,8 +177,7 @@ class Launcher:
         for instance in instances:
             if instance.timer is not None:
                 instance.timer.cancel()
-        if self._ttl_timer is not None:
-            self._ttl_timer.cancel()
+        self._ttl.cancel()
         self._pulls.shutdown()
         self._runs.shutdown()
         if self.subreaper:
@@ -306,7 +207,7 @@ class Launcher:
 
     # --- the worker
 
-    def _enqueue(self, job: _Job) -> None:
+    def _enqueue(self, job: Job) -> None:
         self._count(+1)
         self._jobs.put(job)
 
@@ -317,7 +218,7 @@ class Launcher:
 
     def _post(self, key: InstanceKey, event: Event) -> None:
         """From any thread: feed ``event`` to the instance's life on the worker."""
-        self._enqueue(_Post(key, event))
+        self._enqueue(Post(key, event))
 
     def _work(self) -> None:
         while True:
@@ -335,8 +236,8 @@ class Launcher:
             finally:
                 self._count(-1)
 
-    def _do(self, job: _Job) -> None:
-        if isinstance(job, _Post):
+    def _do(self, job: Job) -> None:
+        if isinstance(job, Post):
             if isinstance(job.event, ImageReady) and self._expired_on_arrival(job.key, job.event):
                 # The item config just read says it may not run this long offline: never create it.
                 self._guarded(job.key, TtlExpired())
@@ -344,11 +245,11 @@ class Launcher:
                 self._guarded(job.key, job.event)
         elif isinstance(job, Exit):
             self._exited(job)
-        elif isinstance(job, _Batch):
+        elif isinstance(job, Batch):
             self._count(+1)  # until the batch's NodeInstancesStatus is out
             self._batches.append(job)
-        elif isinstance(job, _Cloud):
-            self._cloud_changed(job)
+        elif isinstance(job, Cloud):
+            self._ttl.cloud_changed(job.connected, job.at)
         elif job == "stop-all":
             for key in list(self._instances):
                 self._guarded(key, StopRequested(forget=True))
@@ -388,11 +289,11 @@ class Launcher:
         if isinstance(effect, Report):
             self._send_status(instance)
         elif isinstance(effect, Pull):
-            self._submit(self._pulls, self._pull, key, instance, effect.run)
+            self._submit(self._pulls, self._tasks.pull, key, instance, effect.run)
         elif isinstance(effect, Create):
-            self._submit(self._runs, self._create, key, instance, effect.run)
+            self._submit(self._runs, self._tasks.create, key, instance, effect.run)
         elif isinstance(effect, Halt):
-            self._submit(self._runs, self._halt, key, instance, effect.run)
+            self._submit(self._runs, self._tasks.halt, key, instance, effect.run)
         elif isinstance(effect, StartTimer):
             self._arm(key, instance, effect)
         elif isinstance(effect, CancelTimer):
@@ -404,7 +305,7 @@ class Launcher:
         elif isinstance(effect, Unwatch):
             self._monitor.unregister_instance(key)
         elif isinstance(effect, Reap):
-            self._reap(key, instance, effect.status)
+            self._tasks.reap(key, instance, effect.status)
         elif isinstance(effect, Forget):
             with self._lock:
                 self._instances.pop(key, None)
@@ -412,7 +313,7 @@ class Launcher:
         elif isinstance(effect, Ignored):
             log.debug("instance %s: %s ignored: %s", key, type(effect.event).__name__, effect.reason)
 
-    def _submit(self, pool: _Pool, task: Callable[[InstanceKey, Instance, int], None], key: InstanceKey,
+    def _submit(self, pool: Pool, task: Callable[[InstanceKey, Instance, int], None], key: InstanceKey,
                 instance: Instance, run: int) -> None:
         self._count(+1)
 
@@ -432,243 +333,16 @@ class Launcher:
         timer.start()
         instance.timer = timer
 
-    def _send_status(self, instance: Instance) -> None:
-        with self._lock:
-            status = instance.status()
-        self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=[status])))
-
-    # --- batches
-
-    def _advance(self) -> None:
-        """Move the current batch on (stops, then starts, then the NodeInstancesStatus)."""
-        while True:
-            progress = self._progress
-            if progress is None:
-                if not self._batches:
-                    return
-                self._begin(self._batches.popleft())
-                continue
-            progress.waiting = {key for key in progress.waiting if not self._settled(key)}
-            if progress.waiting:
-                return
-            if progress.phase == "stop":
-                progress.phase = "start"
-                self._start_phase(progress)
-                continue
-            self._progress = None
-            self._finish(progress.batch)
-
-    def _settled(self, key: InstanceKey) -> bool:
-        instance = self._instances.get(key)
-        return instance is None or instance.life.phase in SETTLED
-
-    def _begin(self, batch: _Batch) -> None:
-        progress = _Progress(batch)
-        self._progress = progress
-        stops: List[Tuple[InstanceKey, bool]] = []
-        if batch.request is not None:
-            # Until the plan is made, the request's own lists are what a failure must account for.
-            progress.starts = tuple(batch.request.start_instances)
-            current = {key: (info_fingerprint(i.info), i.life.phase in (Phase.Confirming, Phase.Active))
-                       for key, i in self._instances.items()}
-            plan = plan_update(current, batch.request.stop_instances, batch.request.start_instances)
-            progress.starts = plan.start
-            stops = [(key, True) for key in plan.stop] + [(key, False) for key in plan.restart]
-            for key in plan.keep:
-                self._send_status(self._instances[key])
-        for key, forget in stops:
-            if key not in self._instances:
-                # Not known here (a stop repeated, or CM's view is older): it is not running.
-                self._store.remove_instance(key)
-                unknown = instance_status(sm_pb2.InstanceInfo(instance=key.to_ident()), "inactive", None)
-                self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=[unknown])))
-                continue
-            progress.waiting.add(key)
-            self._guarded(key, StopRequested(forget=forget))
-
-    def _start_phase(self, progress: _Progress) -> None:
-        keys: List[InstanceKey] = []
-        for info in progress.starts:
-            key = InstanceKey.from_ident(info.instance)
-            old = self._instances.get(key)
-            if old is not None and old.timer is not None:
-                old.timer.cancel()
-            life = InstanceLife(first_run=old.life.run if old is not None else 0)
-            with self._lock:
-                self._instances[key] = Instance(info, self._containers.container_id(key), life)
-            keys.append(key)
-        keys += list(progress.batch.restore)
-        progress.waiting.update(keys)
-        try:
-            # One transaction for the batch, before anything starts: an instance the store cannot
-            # remember would not come back after a reboot, so none starts without it.
-            self._store.put_instances([(key, self._instances[key].info, self._instances[key].container_id)
-                                       for key in keys if key in self._instances])
-        except StoreError as err:
-            log.error("%s", err)
-            for key in keys:
-                self._guarded(key, Faulted(problem_of(err)))
-            return
-        for key in keys:
-            instance = self._instances.get(key)
-            if instance is None:
-                continue
-            if instance.life.phase is Phase.Idle and self._offline.expired(instance.life.policy.offline_ttl,
-                                                                           self._clock()):
-                self._guarded(key, TtlExpired())  # restored, but offline longer than its TTL
-            else:
-                self._guarded(key, StartRequested())
-
-    def _finish(self, batch: _Batch) -> None:
-        if batch.request is not None or batch.restore:
-            self._sender.send(Out(node_instances_status=self.node_instances_status()))
-        self._count(-1)
-        try:
-            self._collect_garbage()
-        except AosError as err:
-            log.error("garbage collection: %s", err)
-
-    def _fail_batch(self, err: BaseException) -> None:
-        """A job broke while a batch ran: whatever of the batch is not settled fails with why, so
-        that the batch ends and CM gets its NodeInstancesStatus."""
-        progress = self._progress
-        if progress is None:
-            return
-        if progress.phase == "stop" and progress.batch.request is not None:
-            # Stops not under way get their status as it is (inactive when unknown here).
-            for ident in progress.batch.request.stop_instances:
-                key = InstanceKey.from_ident(ident)
-                if key in progress.waiting:
-                    continue
-                known = self._instances.get(key)
-                status = known.status() if known is not None else instance_status(
-                    sm_pb2.InstanceInfo(instance=ident), "inactive", None)
-                self._sender.send(Out(update_instances_status=sm_pb2.UpdateInstancesStatus(instances=[status])))
-        if progress.phase == "stop":
-            progress.phase = "start"
-            pending = list(progress.starts)
-            progress.starts = ()
-            for info in pending:
-                key = InstanceKey.from_ident(info.instance)
-                old = self._instances.get(key)
-                life = InstanceLife(first_run=old.life.run if old is not None else 0)
-                with self._lock:
-                    self._instances[key] = Instance(info, self._containers.container_id(key), life)
-                progress.waiting.add(key)
-        for key in list(progress.waiting):
-            with contextlib.suppress(Exception):
-                self._fault(key, err)
-            if not self._settled(key):
-                progress.waiting.discard(key)  # still running on its own: it reports when it settles
-        with contextlib.suppress(Exception):
-            self._advance()
-
     # --- the offline TTL
-
-    def _load_offline_clock(self) -> OfflineClock:
-        now = self._clock()
-        try:
-            # Not known to be connected at agent start: the clock runs from now, unless it ran
-            # already before the restart.
-            clock = OfflineClock(self._store.offline_since()).on_cloud(False, now)
-            self._store.set_offline_since(clock.since)
-        except StoreError as err:
-            log.error("%s", err)
-            return OfflineClock(now)
-        return clock
-
-    def _cloud_changed(self, change: _Cloud) -> None:
-        clock = self._offline.on_cloud(change.connected, change.at)
-        if clock != self._offline:
-            self._offline = clock
-            self._store.set_offline_since(clock.since)
 
     def _expired_on_arrival(self, key: InstanceKey, event: ImageReady) -> bool:
         instance = self._instances.get(key)
         return (instance is not None and instance.life.run == event.run
-                and self._offline.expired(event.policy.offline_ttl, self._clock()))
+                and self._ttl.expired(event.policy.offline_ttl))
 
     def _check_ttl(self) -> None:
         """Stop what outlived its TTL; arm one timer to the nearest remaining deadline."""
-        now = self._clock()
-        nearest: Optional[float] = None
-        for key, instance in list(self._instances.items()):
-            if instance.life.phase not in _TTL_PHASES:
-                continue
-            deadline = self._offline.deadline(instance.life.policy.offline_ttl)
-            if deadline is None:
-                continue
-            if now >= deadline:
-                log.info("instance %s: cloud away longer than its offline TTL: stopped", key)
-                self._guarded(key, TtlExpired())
-            elif nearest is None or deadline < nearest:
-                nearest = deadline
-        if nearest == self._ttl_deadline:
-            return
-        if self._ttl_timer is not None:
-            self._ttl_timer.cancel()
-            self._ttl_timer = None
-        self._ttl_deadline = nearest
-        if nearest is not None:
-            self._ttl_timer = threading.Timer(max(0.0, nearest - now), self._enqueue, ("ttl",))
-            self._ttl_timer.daemon = True
-            self._ttl_timer.start()
-
-    # --- pool tasks: each ends by posting exactly one event
-
-    def _pull(self, key: InstanceKey, instance: Instance, run: int) -> None:
-        try:
-            self._containers.runtime(instance)  # no pull for an instance this node cannot run
-            image = self._containers.pull(instance.info.manifest_digest, self._resolver)
-            policy = self._policy_of(image)
-            instance.image = image
-            self._post(key, ImageReady(run, policy))
-        except Exception as err:
-            log.warning("instance %s: pull failed: %s", key, err)
-            self._post(key, LaunchFailed(run, problem_of(err)))
-
-    def _create(self, key: InstanceKey, instance: Instance, run: int) -> None:
-        with instance.lock:
-            try:
-                image = instance.image or self._containers.pull(instance.info.manifest_digest, self._resolver)
-                reader, pid = self._containers.create(instance, image)
-            except Exception as err:
-                log.warning("instance %s failed to start: %s", key, err)
-                if isinstance(err, ResourceUnavailable):
-                    self._sender.send(Out(alert=sm_pb2.Alert(timestamp=now_timestamp(), resource_allocate_alert=(
-                        sm_pb2.ResourceAllocateAlert(instance=instance.info.instance, resource=err.resource,
-                                                     message=err.message)))))
-                self._post(key, LaunchFailed(run, problem_of(err)))
-                return
-            # ProcessRunning is posted before the output thread starts, so an exit always follows it.
-            self._post(key, ProcessRunning(run, self._monotonic()))
-            self._follow(key, instance, reader, pid, run)
-
-    def _halt(self, key: InstanceKey, instance: Instance, run: int) -> None:
-        with instance.lock:
-            current = instance.run
-            try:
-                self._containers.halt(instance, current)
-            except Exception as err:
-                log.error("stopping %s: %s", key, err)
-                self._post(key, StopFailed(run, problem_of(err)))
-                return
-            finally:
-                if current is not None:
-                    self._containers.touch_image(instance.info.manifest_digest)
-            instance.run = None
-        self._post(key, Stopped(run))
-
-    def _follow(self, key: InstanceKey, instance: Instance, reader: int, pid: int, run_number: int,
-                started_at: Optional[datetime] = None) -> None:
-        run = Run(pid, started_at or datetime.now(timezone.utc), run_number)
-        instance.run = run
-
-        def on_exit(status: Optional[int], when: datetime) -> None:
-            run.exited.set()
-            self._enqueue(Exit(key, run, status, when))
-
-        record_output(reader, self._containers.log_path(instance.container_id), pid, on_exit)
+        self._ttl.check(self._instances, lambda key: self._guarded(key, TtlExpired()))
 
     # --- exits
 
@@ -679,37 +353,7 @@ class Launcher:
         instance.exit_when = event.when
         self._guarded(event.key, Exited(event.run.number, self._monotonic(), exit_status(event.status)))
 
-    def _reap(self, key: InstanceKey, instance: Instance, status: ExitStatus) -> None:
-        """The process ended on its own: remove its container, keep a crash record, alert CM."""
-        run = instance.run
-        instance.run = None
-        self._containers.remove(instance)
-        when = instance.exit_when or datetime.now(timezone.utc)
-        if run is not None:
-            try:
-                self._store.add_crash(CrashRecord(key, self._containers.log_path(instance.container_id),
-                                                  run.started_at, when, status.description))
-            except StoreError as err:
-                log.error("%s", err)
-        self._containers.touch_image(instance.info.manifest_digest)
-        log.warning("instance %s %s", key, status.description)
-        self._sender.send(Out(alert=sm_pb2.Alert(
-            timestamp=now_timestamp(),
-            instance_alert=sm_pb2.InstanceAlert(instance=instance.info.instance, service_version=instance.info.version,
-                                                message=f"instance {status.description}"),
-        )))
-
     # --- restore after a restart
-
-    def _local_policy(self, instance: Instance) -> RunPolicy:
-        """The run policy of an instance whose image is already here (no download after a restart)."""
-        try:
-            instance.image = self._containers.local_image(instance.info.manifest_digest)
-            return self._policy_of(instance.image)
-        except Exception as err:
-            log.info("instance %s: no usable local image (%s): the default run policy until pulled",
-                     instance.info.instance.item_id, err)
-            return RunPolicy()
 
     def _adopt(self, key: InstanceKey, instance: Instance) -> bool:
         """True when the instance's container still runs and its output FIFO could be reopened."""
@@ -720,11 +364,6 @@ class Launcher:
         self._feed(key, Adopted(instance.life.policy, self._monotonic()))
         # The run began when the container was created, not when we adopted it: a crash record's
         # time range must cover the lines it wrote before the agent came back.
-        self._follow(key, instance, reader, state.pid, instance.life.run, started_at=state.created)
+        self._tasks.follow(key, instance, reader, state.pid, instance.life.run, started_at=state.created)
         log.info("instance %s adopted: container %s still runs (pid %d)", key, instance.container_id, state.pid)
         return True
-
-    def _collect_garbage(self) -> None:
-        with self._lock:
-            in_use = {i.info.manifest_digest for i in self._instances.values()}
-        self._containers.collect_garbage(in_use, self._image_ttl)

@@ -151,7 +151,7 @@ def test_an_image_whose_ttl_passed_while_offline_is_pulled_but_never_created(tmp
 def test_a_batch_that_breaks_before_its_plan_still_gives_every_instance_a_status(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aos_sm.agent.launcher import launcher as launcher_module
+    from aos_sm.agent.launcher import batches as launcher_module
 
     sender = RecordingSender()
     launcher = make(tmp_path, sender, [1000.0])

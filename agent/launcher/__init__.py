@@ -6,7 +6,7 @@ Modules: ``blobs`` (content-addressed store and downloads), ``image`` (manifests
 machine, one table), ``store`` (SQLite: desired instances, crashes, image use, the offline clock),
 ``output`` (instance output into the log format of ``agent/instancelog.py``), ``containers`` (the
 blocking operations on images and containers) and ``launcher`` (the runner: the worker thread
-that feeds the life cycles, carries out their effects and reports to CM), with its parts ``pool``
+that feeds the life cycles, carries out their effects and reports to CM), with its parts ``tasks``
 (the bounded pools, the blocking tasks they run, the offline-TTL clock) and ``batches`` (the
 worker's jobs, the batch bookkeeping and the statuses).
 """

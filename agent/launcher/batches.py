@@ -24,7 +24,7 @@ from ..ports import InstanceKey, Sender
 from .containers import Containers
 from .lifecycle import SETTLED, Event, Faulted, InstanceLife, Phase, StartRequested, StopRequested, TtlExpired
 from .plan import info_fingerprint, plan_update
-from .pool import OfflineTtl
+from .tasks import OfflineTtl
 from .records import Exit, Instance, instance_status, problem_of
 from .store import LauncherStore, StoreError
 

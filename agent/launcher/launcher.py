@@ -20,7 +20,7 @@ Theory of operation:
 - Offline TTL: the cloud's absence is an :class:`~.lifecycle.OfflineClock` kept in the store;
   instances whose item config sets ``offlineTTL`` are stopped once it passes (one timer, to the
   nearest deadline).
-- Parts: ``pool.py`` (the pools, the blocking tasks they run, the offline-TTL clock and timer) and
+- Parts: ``tasks.py`` (the pools, the blocking tasks they run, the offline-TTL clock and timer) and
   ``batches.py`` (the worker's jobs, the batch bookkeeping and the statuses).
 """
 
@@ -49,7 +49,7 @@ from .lifecycle import (Adopted, CancelTimer, Create, Effect, Event, Exited, Fau
                         ImageReady, InstanceLife, LifecycleError, Phase, Pull, Reap, Report, StartTimer,
                         StopRequested, TtlExpired, Unwatch, Watch)
 from .output import exit_status, set_subreaper
-from .pool import OfflineTtl, PolicyOf, Pool, Tasks, policy_from_item_config
+from .tasks import OfflineTtl, PolicyOf, Pool, Tasks, policy_from_item_config
 from .records import Exit, Instance, problem_of
 from .resources import ResourceSource
 from .store import LauncherStore, StoreError

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, List
 
 import pytest
 
@@ -43,18 +43,9 @@ def cm() -> FakeCM:
 
 
 @pytest.fixture
-def start_agent(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
-    agents: List[Agent] = []
-
-    def start(cm: FakeCM, **extra: Any) -> Agent:
-        agent = build_agent(make_config(tmp_path, "fake-cm:1", **extra), transport=cm)
-        agent.start()
-        agents.append(agent)
-        return agent
-
-    yield start
-    for agent in agents:
-        assert agent.stop(timeout=5.0)
+def start_agent(start_agent: Callable[..., Agent]) -> Callable[..., Agent]:
+    """``start(cm, **config)``: conftest's agent, over the in-memory transport ``cm``."""
+    return lambda cm, **extra: start_agent("fake-cm:1", transport=cm, **extra)
 
 
 def registered(cm: FakeCM, index: int = -1) -> FakeStream:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, List
 
 import pytest
 
@@ -40,15 +39,6 @@ def polls_between(session: CMSession, start: int, end: int) -> int:
 def is_ram(status: str) -> Callable[[Any], bool]:
     return lambda alert: alert.WhichOneof("AlertItem") == "system_quota_alert" and (
         alert.system_quota_alert.parameter, alert.system_quota_alert.status) == ("ram", status)
-
-
-@pytest.fixture
-def busy_process() -> Iterator[subprocess.Popen[bytes]]:
-    """A process that keeps one CPU busy, so node cpu is never idle-zero during the test."""
-    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    yield process
-    process.kill()
-    process.wait()
 
 
 def test_instant_average_and_a_ram_rule_that_raises_then_falls(

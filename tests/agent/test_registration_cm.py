@@ -11,12 +11,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 from google.protobuf.json_format import MessageToDict
 
-from agent_helpers import make_config, registered, registered_runtime, running_goarch
+from agent_helpers import registered, registered_runtime, running_goarch
 from contract_cm import ContractCM
 
 from aos_sm.agent.app import Agent, build_agent
@@ -28,19 +28,9 @@ ARM64_BOARDS = ("imx8mq", "rk3399", "rpi4")
 
 
 @pytest.fixture
-def agent_at_root(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
+def agent_at_root(start_agent: Callable[..., Agent]) -> Callable[..., Agent]:
     """``start(address, root, **config)``: the agent as `aos-sm run` builds it, probing ``root``."""
-    agents: list[Agent] = []
-
-    def start(address: str, root: Path, **extra: Any) -> Agent:
-        agent = build_agent(make_config(tmp_path, address, **extra), root=root)
-        agent.start()
-        agents.append(agent)
-        return agent
-
-    yield start
-    for agent in agents:
-        assert agent.stop(timeout=5.0)
+    return lambda address, root, **extra: start_agent(address, root=root, **extra)
 
 
 def _board_copy(tmp_path: Path, board: str) -> Path:
@@ -147,15 +137,6 @@ def test_allowed_capacity_is_zero_unless_reserved(
     agent_at_root(budget.address, BOARDS / "imx8mq", runtimes=[{"type": "runc", "allowedDMIPS": 1234}])
     runtime = registered(budget).messages("sm_info")[0].runtimes[0]
     assert (runtime.allowed_dmips, runtime.allowed_ram) == (1234, 0)
-
-
-@pytest.fixture
-def busy_process() -> Iterator[subprocess.Popen[bytes]]:
-    """Keeps one CPU busy, so node cpu is not idle-zero."""
-    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    yield process
-    process.kill()
-    process.wait()
 
 
 def test_monitoring_cpu_is_on_the_configured_max_dmips_scale(

@@ -56,7 +56,8 @@ class Undecodable:
 Parsed = Union[sm_pb2.SMIncomingMessages, Undecodable]
 
 
-def _varint(data: bytes, pos: int) -> Tuple[int, int]:
+def read_varint(data: bytes, pos: int) -> Tuple[int, int]:
+    """The varint at ``pos`` and the position after it; WireError when truncated or over 10 bytes."""
     result = shift = 0
     while True:
         if pos >= len(data):
@@ -74,14 +75,14 @@ def _varint(data: bytes, pos: int) -> Tuple[int, int]:
 def _skip(data: bytes, pos: int, number: int, wire_type: int, depth: int) -> Tuple[int, Optional[bytes]]:
     """Past one field's value; returns the new position and the payload of a length-delimited one."""
     if wire_type == 0:
-        return _varint(data, pos)[1], None
+        return read_varint(data, pos)[1], None
     if wire_type in (1, 5):
         end = pos + (8 if wire_type == 1 else 4)
         if end > len(data):
             raise WireError(f"field {number}: truncated fixed-size value at byte {pos}")
         return end, None
     if wire_type == 2:
-        length, pos = _varint(data, pos)
+        length, pos = read_varint(data, pos)
         if pos + length > len(data):
             raise WireError(f"field {number}: length {length} runs past the end at byte {pos}")
         return pos + length, data[pos:pos + length]
@@ -99,25 +100,34 @@ def _skip(data: bytes, pos: int, number: int, wire_type: int, depth: int) -> Tup
 
 
 def _tag(data: bytes, pos: int) -> Tuple[int, int, int]:
-    tag, pos = _varint(data, pos)
+    tag, pos = read_varint(data, pos)
     number, wire_type = tag >> 3, tag & 7
     if number == 0:
         raise WireError(f"field number 0 at byte {pos - 1}")
     return number, wire_type, pos
 
 
-def walk_fields(data: bytes) -> Iterator[Tuple[int, int, Optional[bytes]]]:
-    """``(number, wire type, payload of a length-delimited field)`` for each field; raises
-    ``WireError`` where the bytes stop being wire format."""
+def walk_spans(data: bytes) -> Iterator[Tuple[int, int, int, int, Optional[bytes]]]:
+    """``(number, wire type, start, end, payload of a length-delimited field)`` for each field,
+    ``data[start:end]`` being the whole field (tag included); raises ``WireError`` where the
+    bytes stop being wire format."""
     pos = fields = 0
     while pos < len(data):
         fields += 1
         if fields > MAX_FIELDS:
             raise WireError(f"more than {MAX_FIELDS} fields")
+        start = pos
         number, wire_type, pos = _tag(data, pos)
         if wire_type == 4:
             raise WireError(f"end of group {number} with no group open")
         pos, payload = _skip(data, pos, number, wire_type, 0)
+        yield number, wire_type, start, pos, payload
+
+
+def walk_fields(data: bytes) -> Iterator[Tuple[int, int, Optional[bytes]]]:
+    """``(number, wire type, payload of a length-delimited field)`` for each field; raises
+    ``WireError`` where the bytes stop being wire format."""
+    for number, wire_type, _start, _end, payload in walk_spans(data):
         yield number, wire_type, payload
 
 

@@ -26,6 +26,7 @@ Every message puts the field first and the cause right after it: CM keeps 64 cha
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple, Type, TypeVar, Union
@@ -37,6 +38,7 @@ from aos_sm.proto.common.v2 import common_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from .errors import InvalidArgument, error_info_ok
+from .incoming import WireError, read_varint, walk_spans
 
 # The launcher's store keeps the instance index in an SQLite INTEGER, a signed 64-bit value
 # (agent/launcher/store.py); 2^63..2^64-1 are valid on the wire but would overflow on insert.
@@ -209,23 +211,6 @@ def refused_start(info: sm_pb2.InstanceInfo, err: InvalidArgument) -> sm_pb2.Ins
 # --------------------------------------------------------------------------------------------
 
 
-class _Truncated(Exception):
-    pass
-
-
-def _read_varint(data: bytes, position: int) -> Tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if position >= len(data) or shift > 63:
-            raise _Truncated()
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, position
-        shift += 7
-
-
 _WIRE_TYPE = {
     FieldDescriptor.TYPE_DOUBLE: _FIXED64, FieldDescriptor.TYPE_FIXED64: _FIXED64,
     FieldDescriptor.TYPE_SFIXED64: _FIXED64, FieldDescriptor.TYPE_FLOAT: _FIXED32,
@@ -243,20 +228,20 @@ def find_wire_problem(descriptor: Any, data: bytes, path: str = "") -> Optional[
     position = 0
     try:
         while position < len(data):
-            key, position = _read_varint(data, position)
+            key, position = read_varint(data, position)
             number, wire_type = key >> 3, key & 7
             field = descriptor.fields_by_number.get(number)
             name = f"{path}{field.name if field else f'#{number}'}"
             if wire_type == _VARINT:
-                value, position = _read_varint(data, position)
+                value, position = read_varint(data, position)
                 problem = _varint_problem(field, value) if field is not None else None
             elif wire_type == _FIXED64 or wire_type == _FIXED32:
                 position += 8 if wire_type == _FIXED64 else 4
                 if position > len(data):
-                    raise _Truncated()
+                    raise WireError("truncated")
                 problem = None
             elif wire_type == _LENGTH:
-                size, position = _read_varint(data, position)
+                size, position = read_varint(data, position)
                 chunk = data[position:position + size]
                 if len(chunk) != size:
                     return f"{name}: truncated ({size} bytes announced, {len(chunk)} left)"
@@ -268,7 +253,7 @@ def find_wire_problem(descriptor: Any, data: bytes, path: str = "") -> Optional[
                 problem = f"wire type {wire_type} does not fit a {_type_name(field)}"
             if problem is not None:
                 return problem if problem.startswith(name) else f"{name}: {problem}"
-    except _Truncated:
+    except WireError:
         return f"{path.rstrip('.') or descriptor.name}: truncated at byte {position}"
     return None
 
@@ -360,25 +345,10 @@ def _decode(kind: Type[_M], chunk: bytes) -> Optional[_M]:
 def _length_fields(data: bytes) -> Sequence[Tuple[int, bytes]]:
     """The length-delimited fields of ``data`` in order, as far as its framing holds."""
     fields: List[Tuple[int, bytes]] = []
-    position = 0
-    try:
-        while position < len(data):
-            key, position = _read_varint(data, position)
-            wire_type = key & 7
-            if wire_type == _VARINT:
-                _, position = _read_varint(data, position)
-            elif wire_type in (_FIXED64, _FIXED32):
-                position += 8 if wire_type == _FIXED64 else 4
-            elif wire_type == _LENGTH:
-                size, position = _read_varint(data, position)
-                if position + size > len(data):
-                    break
-                fields.append((key >> 3, data[position:position + size]))
-                position += size
-            else:
-                break
-    except _Truncated:
-        pass
+    with contextlib.suppress(WireError):
+        for number, wire_type, _start, _end, payload in walk_spans(data):
+            if wire_type == _LENGTH and payload is not None:
+                fields.append((number, payload))
     return fields
 
 
@@ -405,68 +375,9 @@ def _salvage_info(chunk: bytes) -> sm_pb2.InstanceInfo:
 def _without_length_fields(data: bytes) -> bytes:
     """``data`` less its length-delimited fields: the scalars, which decode on their own."""
     out = bytearray()
-    position = 0
-    try:
-        while position < len(data):
-            start = position
-            key, position = _read_varint(data, position)
-            wire_type = key & 7
-            if wire_type == _VARINT:
-                _, position = _read_varint(data, position)
-            elif wire_type in (_FIXED64, _FIXED32):
-                position += 8 if wire_type == _FIXED64 else 4
-            elif wire_type == _LENGTH:
-                size, position = _read_varint(data, position)
-                position += size
-                continue
-            else:
-                break
-            out += data[start:position]
-    except _Truncated:
-        pass
+    with contextlib.suppress(WireError):
+        for _number, wire_type, start, end, _payload in walk_spans(data):
+            if wire_type in (_VARINT, _FIXED64, _FIXED32):
+                out += data[start:end]
     return bytes(out)
 
-
-# --------------------------------------------------------------------------------------------
-# An incoming message that protobuf refused
-# --------------------------------------------------------------------------------------------
-
-# SMIncomingMessages' oneof, by field number (servicemanager-v5.tsv).
-_INCOMING_KINDS = {field.number: field.name for field in sm_pb2.SMIncomingMessages.DESCRIPTOR.fields}
-
-
-@dataclass(frozen=True)
-class Salvaged:
-    """What an undecodable SMIncomingMessages still tells: its kind, why it failed, and for the
-    kinds with a reply, enough to give one (issue 12: an undecodable request costs one reply with
-    an error, not the stream)."""
-
-    kind: Optional[str]  # the oneof name, None when not even that decodes
-    problem: str  # "path: cause", e.g. "set_node_config.node_config: not UTF-8 at byte 7"
-    update: Optional[CheckedUpdate] = None  # update_instances: its entries, each on its own
-    node_config: Optional[bytes] = None  # check/set_node_config: the JSON's raw bytes
-    version: str = ""  # check/set_node_config: the requested version, when it is UTF-8
-
-
-def salvage_incoming(data: bytes) -> Salvaged:
-    """Take apart an SMIncomingMessages that did not decode. For UpdateInstances, the valid
-    entries and one refusal per bad entry; for Check/SetNodeConfig, the raw JSON bytes and the
-    version (``NodeConfigService.check``/``set`` take bytes and reply with invalidArgument
-    naming the first bad byte)."""
-    problem = find_wire_problem(sm_pb2.SMIncomingMessages.DESCRIPTOR, data) or "does not decode"
-    fields = _length_fields(data)
-    if not fields:
-        return Salvaged(None, problem)
-    number, payload = fields[-1]  # a oneof: the last one wins, as protobuf merges
-    kind = _INCOMING_KINDS.get(number)
-    if kind == "update_instances":
-        return Salvaged(kind, problem, update=update_instances_from_bytes(payload))
-    if kind in ("check_node_config", "set_node_config"):
-        node_config, version = b"", ""
-        for inner_number, value in _length_fields(payload):
-            if inner_number == 1:
-                node_config = value
-            elif inner_number == 2:
-                version = value.decode("utf-8", "replace")
-        return Salvaged(kind, problem, node_config=node_config, version=version)
-    return Salvaged(kind, problem)

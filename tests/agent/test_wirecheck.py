@@ -228,34 +228,24 @@ def test_the_dispatcher_reports_refusals_and_hands_the_launcher_only_valid_entri
 # --- an incoming message protobuf refused ---------------------------------------------------
 
 
-def test_an_undecodable_set_node_config_still_gets_its_reply(tmp_path: Any) -> None:
+def test_a_node_config_that_is_not_utf8_is_refused_naming_the_byte(tmp_path: Any) -> None:
     from aos_sm.agent.nodeconfig_store import NodeConfigService
-    from aos_sm.agent.wirecheck import salvage_incoming
 
     text = b'{"version": "2.0.0", "nodeGroupSubject": {"codename": "m\xff"}}'
-    data = field(3, 2, field(1, 2, text) + field(2, 2, b"2.0.0"))
-    with pytest.raises(Exception):
-        sm_pb2.SMIncomingMessages.FromString(data)
-    salvaged = salvage_incoming(data)
-    assert (salvaged.kind, salvaged.version) == ("set_node_config", "2.0.0")
-    assert salvaged.problem == "set_node_config.node_config: not UTF-8 at byte 56"
-    assert salvaged.node_config is not None
     path = tmp_path / "aos_node.cfg"
-    reply = NodeConfigService(path).set(salvaged.node_config, salvaged.version)
+    reply = NodeConfigService(path).set(text, "2.0.0")
     assert (reply.state, reply.version, reply.error.aos_code) == ("absent", "2.0.0", 6)
     assert reply.error.message == "node_config: not UTF-8 at byte 56 (b'\\xff')"
     assert not path.exists()
 
 
-def test_an_undecodable_update_instances_is_salvaged_entry_by_entry() -> None:
-    from aos_sm.agent.wirecheck import salvage_incoming
-
+def test_an_undecodable_update_instances_is_taken_entry_by_entry() -> None:
     good = info(instance=ident("good")).SerializeToString()
     bad = info(instance=ident("bad")).SerializeToString() + field(10, 2, b"\xff")
-    data = field(4, 2, field(1, 2, good) + field(1, 2, bad))
-    salvaged = salvage_incoming(data)
-    assert salvaged.kind == "update_instances" and salvaged.update is not None
-    assert [i.instance.item_id for i in salvaged.update.request.start_instances] == ["good"]
-    assert [(s.instance.item_id, s.error.message) for s in salvaged.update.rejected] == [
+    payload = field(1, 2, good) + field(1, 2, bad)
+    with pytest.raises(Exception):
+        sm_pb2.UpdateInstances.FromString(payload)
+    checked = update_instances_from_bytes(payload)
+    assert [i.instance.item_id for i in checked.request.start_instances] == ["good"]
+    assert [(s.instance.item_id, s.error.message) for s in checked.rejected] == [
         ("bad", "state_path: not UTF-8 at byte 0")]
-    assert salvage_incoming(b"\xff\xff\xff").kind is None

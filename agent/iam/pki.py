@@ -14,7 +14,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, List, Sequence
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class TestCA:
             .add_extension(x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
         if server:
-            names: list = []
+            names: List[Any] = []
             for host in hosts:
                 try:
                     names.append(x509.IPAddress(ipaddress.ip_address(host)))

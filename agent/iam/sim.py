@@ -129,14 +129,17 @@ class SimulatedIAM:
                                             "SubscribeCurrentNodeChanged": self._node_changed}),
             self._handler(rpc.PUBLIC_CERT, {"GetCert": self._get_cert, "SubscribeCertChanged": self._cert_changed}),
         ])
+        # Started again after a stop, it listens where it did before (tests: "IAM is back").
+        public_listen = f"127.0.0.1:{self.public_port}" if self.public_port else self._public_listen
+        protected_listen = f"127.0.0.1:{self.protected_port}" if self.protected_port else self._protected_listen
         self.public_port = public.add_secure_port(
-            self._public_listen, self.ca.server_credentials(self._server_cert, require_client_auth=False))
+            public_listen, self.ca.server_credentials(self._server_cert, require_client_auth=False))
         protected = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="iamsim-prot"))
         protected.add_generic_rpc_handlers([
             self._handler(rpc.PERMISSIONS, {"RegisterInstance": self._register, "UnregisterInstance": self._unregister}),
         ])
         self.protected_port = protected.add_secure_port(
-            self._protected_listen, self.ca.server_credentials(self._server_cert, require_client_auth=True))
+            protected_listen, self.ca.server_credentials(self._server_cert, require_client_auth=True))
         public.start()
         protected.start()
         self._servers = [public, protected]
@@ -146,7 +149,7 @@ class SimulatedIAM:
         for subscribers in [self._node_subscribers, *self._cert_subscribers.values()]:
             subscribers.push(None)
         for server in self._servers:
-            server.stop(grace)
+            server.stop(grace).wait(timeout=10)
         self._servers = []
 
     # --- handlers

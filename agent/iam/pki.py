@@ -1,6 +1,6 @@
 """A small test CA for the fake IAM: a CA, server certificates for IAM and CM, client
 certificates IAM hands out by type. Made with ``cryptography`` (already the agent's dependency
-for its certificate checks), P-256 keys, one day of validity, random serials.
+for its certificate checks), P-256 keys, 30 days of validity (past the agent's 7-day expiry warning), random serials.
 
 Files are replaced atomically, the key before the certificate, as IAM's own renewal does: a
 reader that sees the new certificate finds its key already in place.
@@ -15,6 +15,9 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Sequence
+
+
+VALIDITY = datetime.timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class TestCA:
         self._cert = (
             x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
             .sign(self._key, hashes.SHA256()))
@@ -88,7 +91,7 @@ class TestCA:
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or name)]))
             .issuer_name(self._cert.subject).public_key(key.public_key()).serial_number(serial)
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))

@@ -107,7 +107,8 @@ class GrpcIamClient:
             return call(request, timeout=timeout, wait_for_ready=False)
         except grpc.RpcError as err:
             code, details = _status(err)
-            raise IamUnavailable(code, f"IAM {method.name}: {code} {details}".strip()) from err
+            # Cause first, the call last: CM keeps 64 characters of an instance's error message.
+            raise IamUnavailable(code, f"{code}: {details} (IAM {method.name})") from err
 
     # --- the port
 

@@ -40,10 +40,10 @@ class IamInstanceSecrets:
         try:
             return self._client.register_instance(instance, request, self._timeout)
         except AosError as err:
-            raise Failed(f"IAM refused the instance's permissions: {err}") from err
+            raise Failed(f"IAM refused permissions: {err}") from err
 
     def unregister(self, instance: common_pb2.InstanceIdent) -> None:
         try:
             self._client.unregister_instance(instance, self._timeout)
         except AosError as err:
-            raise Failed(f"IAM did not unregister the instance: {err}") from err
+            raise Failed(f"IAM did not unregister: {err}") from err

@@ -62,6 +62,7 @@ class Node:
     runtimes: UsableRuntimes
     root: Path
     iam: Optional[MergedNode] = None  # IAM's node info as merged, when the node has an IAM
+    measured_total_ram: int = 0  # the probe's MemTotal, also when IAM's total_ram replaces it
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ def discover(config: AgentConfig, root: Path = LIVE_ROOT, which: Optional[Which]
         capacity = probe_capacity(config, root)
     except ValueError as err:
         raise ConfigError("systemReserve", str(err)) from err
+    measured_total_ram = capacity.total_ram
     if merged is not None:
         capacity = _with_iam_capacity(capacity, config, merged)
     node_id = config.node_id or default_node_id(root)
@@ -182,7 +184,7 @@ def discover(config: AgentConfig, root: Path = LIVE_ROOT, which: Optional[Which]
     # there is judged by the tree's cgroup layout alone (the same for `run --root` and `probe`).
     runtime_which = find if is_live(root) or not config.runtimes else (lambda name: name)
     runtimes = usable_runtimes(completed, capacity.cgroups.mode, runtime_which)
-    return Node(completed, capacity, runtimes, root, merged)
+    return Node(completed, capacity, runtimes, root, merged, measured_total_ram)
 
 
 def load_node_resources(node: Node) -> hw.ResourcesResult:

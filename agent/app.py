@@ -213,9 +213,12 @@ def describe(agent: Agent) -> List[str]:
     """A few lines a person reads at start-up: who we are and what we will register."""
     capacity = agent.capacity
     report = node_capacity_report(agent.config, capacity, agent.node_iam)
+    # What SMInfo states: the config's (or IAM's) architecture, else the probe's.
+    architecture = agent.config.architecture or capacity.architecture
+    variant = agent.config.architecture_variant if agent.config.architecture_variant is not None \
+        else capacity.arch_variant
     return [
-        f"node {agent.config.node_id}: {len(capacity.cpus)} CPUs, {capacity.architecture}"
-        f"{'/' + capacity.arch_variant if capacity.arch_variant else ''}, {report.max_dmips.value} DMIPS "
+        f"node {agent.config.node_id}: {len(capacity.cpus)} CPUs, {architecture}{'/' + variant if variant else ''}, {report.max_dmips.value} DMIPS "
         f"({report.max_dmips.source}), {capacity.total_ram // (1024 * 1024)} MiB RAM; allowed DMIPS "
         f"{report.allowed_dmips.value}, allowed RAM {report.allowed_ram.value // (1024 * 1024)} MiB",
         f"runtimes: {', '.join(agent.runtimes) or 'none usable'}; CM: {agent.config.cm_server_url or 'simulator'} "

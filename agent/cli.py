@@ -203,6 +203,10 @@ def cmd_iam_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.iam:
+        from .iam.demo import run_iam_demo
+
+        return run_iam_demo(timeout=args.timeout)
     from .demo import run_demo
 
     return run_demo(timeout=args.timeout)
@@ -271,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="agent and simulator on loopback, end to end")
     demo.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for each step")
+    demo.add_argument("--iam", action="store_true",
+                      help="IAM mode: identity and certificates from a fake IAM, CM over mTLS, a renewal")
     demo.set_defaults(func=cmd_demo)
 
     fsm = commands.add_parser("fsm", help="a state diagram (the session's, or with --instance an instance's), "

@@ -11,6 +11,7 @@ secret and keeps it until UnregisterInstance. Handlers are built from the servic
 from __future__ import annotations
 
 import logging
+import platform
 import queue
 import secrets
 import threading
@@ -34,12 +35,18 @@ log = logging.getLogger(__name__)
 InstanceKey = Tuple[str, str, int]
 
 
+# uname -m -> GOARCH and variant, as IAM states the architecture (IAM.md).
+_GOARCH = {"x86_64": ("amd64", ""), "aarch64": ("arm64", "v8"), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6")}
+
+
 def default_node_info(node_id: str = "iam-node-1") -> iam_pb2.NodeInfo:
+    """A node like this machine (its architecture), with a round DMIPS figure of IAM's own."""
+    architecture, variant = _GOARCH.get(platform.machine(), (platform.machine(), ""))
     return iam_pb2.NodeInfo(
         node_id=node_id, node_type="main", title="simulated node", max_dmips=12345,
         total_ram=2 * 1024**3, os_info=common_pb2.OSInfo(os="linux", version="6.1-sim"),
         cpus=[iam_pb2.CPUInfo(model_name="sim", num_cores=2, num_threads=2, max_dmips=12345,
-                              arch_info=common_pb2.ArchInfo(architecture="arm64", variant="v8"))],
+                              arch_info=common_pb2.ArchInfo(architecture=architecture, variant=variant))],
         state="provisioned")
 
 

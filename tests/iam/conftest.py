@@ -35,6 +35,7 @@ def busy_process() -> Iterator["subprocess.Popen[bytes]"]:
 def iam(tmp_path: Path) -> Iterator[SimulatedIAM]:
     info = default_node_info("iam-node-7")
     info.max_dmips = IAM_MAX_DMIPS
+    info.cpus[0].arch_info.architecture, info.cpus[0].arch_info.variant = "arm64", "v8"
     sim = SimulatedIAM(tmp_path / "iam", node_info=info).start()
     yield sim
     sim.stop()

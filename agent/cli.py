@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from .config import AgentConfig, load_config
 from .errors import ConfigError
@@ -92,13 +92,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, tls_mode="plaintext")
         log.warning("no cmServerURL configured: using the built-in CM simulator at %s", target)
     iam = None
+    # The watchdog pings through the gateway's event pump once there is one; before that (while
+    # waiting for IAM) it pings directly, since this thread is only waiting.
+    pump: List[Callable[[Callable[[], None]], None]] = []
+
+    def in_loop(call: Callable[[], None]) -> None:
+        (pump[0] if pump else (lambda inner: inner()))(call)
+
     if config.uses_iam:
         from .iam.startup import iam_client, wait_for_node_info
 
         client = iam_client(config)
+        # Ready now: IAM may be away longer than systemd's start timeout, and STATUS= says why
+        # the node is not registering.
+        systemd.ready(in_loop)
         systemd.status(f"waiting for IAM at {config.iam_public_server_url}")
         node_info = wait_for_node_info(client, config, stop, systemd.status)
         if node_info is None:  # stopped while waiting: CM was never contacted
+            systemd.stopping()
             client.close()
             return EXIT_OK
         iam = (client, node_info)
@@ -108,7 +119,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     agent.gateway.state_listeners.append(
         lambda state: systemd.status(session_status(state.name, target, agent.gateway.problem)))
     agent.start()
-    systemd.ready(agent.gateway.in_loop)
+    pump.append(agent.gateway.in_loop)
+    if iam is None:
+        systemd.ready(in_loop)
     _wait_for(stop)
     systemd.stopping()
     stopped = agent.stop(timeout=4.0)

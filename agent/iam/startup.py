@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from typing import Callable, Optional
 
 from aos_sm.statemachine.backoff import backoff_delays
@@ -23,6 +24,7 @@ from .port import IamClient, IamNodeInfo, IamUnavailable
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 5.0
+LOG_INTERVAL = 60.0
 
 
 def iam_client(config: AgentConfig) -> GrpcIamClient:
@@ -36,26 +38,28 @@ def iam_client(config: AgentConfig) -> GrpcIamClient:
 
 def wait_for_node_info(client: IamClient, config: AgentConfig, stop: threading.Event,
                        status: Callable[[str], None] = lambda text: None,
-                       random_source: Callable[[], float] = random.random) -> Optional[IamNodeInfo]:
+                       random_source: Callable[[], float] = random.random,
+                       monotonic: Callable[[], float] = time.monotonic) -> Optional[IamNodeInfo]:
     """IAM's node info, retrying until it answers; None when ``stop`` is set first."""
     url = config.iam_public_server_url
     delays = backoff_delays(config.reconnect_first_wait, config.reconnect_cap, random_source)
     attempt = 0
+    last_logged: Optional[float] = None
     while not stop.is_set():
         attempt += 1
         try:
             info = client.get_node_info(CALL_TIMEOUT)
-        except IamUnavailable as err:
+        except AosError as err:
             wait = next(delays)
+            # IamUnavailable: IAM not up (yet); another AosError: a local problem such as an
+            # unreadable caCert. Both are retried; STATUS= always says the latest, the log once
+            # a minute (the pace of the gateway's own problem lines).
             line = f"waiting for IAM at {url} before contacting CM: {err} (attempt {attempt}, next in {wait:.1f}s)"
-            log.warning("%s", line)
             status(line)
-            stop.wait(wait)
-            continue
-        except AosError as err:  # a local problem (unreadable caCert): the same wait, said as it is
-            wait = next(delays)
-            log.error("IAM at %s: %s", url, err)
-            status(f"IAM at {url}: {err}")
+            now = monotonic()
+            if last_logged is None or now - last_logged >= LOG_INTERVAL:
+                log.log(logging.WARNING if isinstance(err, IamUnavailable) else logging.ERROR, "%s", line)
+                last_logged = now
             stop.wait(wait)
             continue
         log.info("IAM at %s: node %s (%s), %d DMIPS, %d MiB RAM", url, info.node_id, info.node_type or "-",

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import List
@@ -23,17 +24,36 @@ from aos_sm.agent.iam.sim import SimulatedIAM
 WAIT = 30.0  # generous: the machine is shared
 
 
-def statuses(sock: socket.socket, until: str, timeout: float = WAIT) -> List[str]:
-    seen: List[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        for field in sock.recv(4096).decode().split("\n"):
-            if field.startswith("STATUS="):
-                seen.append(field[len("STATUS="):])
-        if any(until in status for status in seen):
-            return seen
-    raise AssertionError(f"no STATUS with {until!r} within {timeout}s: {seen}")
+class StatusReader:
+    """Reads every STATUS= the agent sends, on a thread: a datagram socket's queue is short
+    (net.unix.max_dgram_qlen, 10 by default) and the agent drops what does not fit."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.seen: List[str] = []
+        self._sock = sock
+        sock.settimeout(0.2)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._open = True
+        self._thread.start()
+
+    def _run(self) -> None:
+        while self._open:
+            try:
+                data = self._sock.recv(4096)
+            except (socket.timeout, OSError):
+                continue
+            self.seen += [f[len("STATUS="):] for f in data.decode().split("\n") if f.startswith("STATUS=")]
+
+    def wait_for(self, text: str, timeout: float = WAIT) -> List[str]:
+        deadline = time.monotonic() + timeout
+        while not any(text in status for status in self.seen):
+            assert time.monotonic() < deadline, f"no STATUS with {text!r} within {timeout}s: {self.seen}"
+            time.sleep(0.05)
+        return list(self.seen)
+
+    def close(self) -> None:
+        self._open = False
+        self._thread.join()
 
 
 def test_run_waits_for_iam_says_so_and_registers_when_it_is_back(
@@ -48,15 +68,16 @@ def test_run_waits_for_iam_says_so_and_registers_when_it_is_back(
     agent = subprocess.Popen([sys.executable, "-m", "aos_sm.agent.cli", "run", "--config", str(tmp_path / "sm.json")],
                              env={**os.environ, "NOTIFY_SOCKET": os.path.join(directory, "notify")},
                              stdout=subprocess.DEVNULL, stderr=log)
+    reader = StatusReader(sock)
     try:
-        seen = statuses(sock, "before contacting CM")
+        seen = reader.wait_for("before contacting CM")
         assert any(s.startswith(f"waiting for IAM at {iam.public_address}") for s in seen)
         assert tls_cm.sessions == []
         iam.start()
         session = tls_cm.wait_session(0, WAIT)
         (sm_info,) = [session.wait_for("sm_info", WAIT)]
         assert sm_info.node_id == "iam-node-7"
-        statuses(sock, "registered with CM at")
+        reader.wait_for("registered with CM at")
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(WAIT) == 0
     finally:
@@ -64,6 +85,7 @@ def test_run_waits_for_iam_says_so_and_registers_when_it_is_back(
             agent.kill()
             agent.wait()
         log.close()
+        reader.close()
         sock.close()
         shutil.rmtree(directory, ignore_errors=True)
     text = (tmp_path / "agent.log").read_text()

@@ -188,8 +188,11 @@ def cmd_iam_sim(args: argparse.Namespace) -> int:
                              protected_listen=args.protected, cert_types=cert_types).start()
     stop = _stop_on_signals()
     ca = simulator.ca.cert_path
+    cm = simulator.issue_server_cert("cm-server")  # for a CM the agent must trust: cm-sim
     print(f"IAM simulator: public {simulator.public_address}, protected {simulator.protected_address}, "
           f"CA {ca}; node {node_info.node_id}, {node_info.max_dmips} DMIPS", file=sys.stderr, flush=True)
+    print(f"a CM for it: aos-sm cm-sim --tls-cert {cm.cert} --tls-key {cm.key} --tls-ca {ca}",
+          file=sys.stderr, flush=True)
     print("type 'renew [type]' to renew a certificate, 'quit' to stop", file=sys.stderr, flush=True)
 
     def read_commands() -> None:

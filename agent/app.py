@@ -193,8 +193,9 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     link = IamLink(iam[0], config.cert_storage, iam[1], lambda: gateway.feed(ev.CertificatesChanged())) \
         if iam is not None else None
     if transport is None:
-        transport = GrpcTransport(config, address,
-                                  client_certificate=link.client_certificate if link is not None else None)
+        # IAM's certificate is the client certificate of mtls only; tls and plaintext present none.
+        transport = GrpcTransport(config, address, client_certificate=link.client_certificate
+                                  if link is not None and config.tls_mode == "mtls" else None)
     gateway = Gateway(
         config,
         target=address,

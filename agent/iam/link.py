@@ -40,8 +40,10 @@ class IamLink:
         try:
             info = self.client.get_cert(self.cert_type, CALL_TIMEOUT)
         except IamUnavailable as err:
-            raise TransportFailure(err.code if err.code != "OK" else "UNAVAILABLE",
-                                   f"no client certificate from IAM: {err}") from err
+            # IAM away or slow: retried at the reconnect pace. Anything else (no such
+            # certStorage type, refused) is a configuration problem, said once a minute.
+            code = err.code if err.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") else "FAILED_PRECONDITION"
+            raise TransportFailure(code, f"no client certificate from IAM: {err}") from err
         self.last_cert = info
         return certificate_files(info)
 

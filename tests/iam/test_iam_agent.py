@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -12,9 +13,11 @@ import pytest
 from cryptography import x509
 
 from contract_cm import ContractCM
-from iam_helpers import IAM_MAX_DMIPS, iam_config
+from iam_helpers import IAM_MAX_DMIPS, FakeIamClient, iam_config
 
 from aos_sm.agent.app import Agent, build_agent
+from aos_sm.agent.config import parse_config
+from aos_sm.agent.iam.port import IamNodeInfo
 from aos_sm.agent.iam.sim import SimulatedIAM
 from aos_sm.agent.iam.startup import iam_client, wait_for_node_info
 
@@ -115,4 +118,39 @@ def test_a_pkcs11_key_url_is_one_clear_error_line_and_no_session(
     assert len(lines) == 1, lines
     assert "IAM certificate 'sm': the key is a PKCS#11 object" in lines[0]
     assert "\n" not in lines[0] and lines[0].count("PKCS#11") == 2
+    assert tls_cm.sessions == []
+
+
+def test_plaintext_with_iam_takes_the_identity_and_asks_no_certificate(tmp_path: Path) -> None:
+    """Development: IAM for the identity, CM without TLS: no certificate is asked or presented."""
+    client = FakeIamClient(IamNodeInfo(node_id="dev-node", max_dmips=777))
+    asked: List[str] = []
+    client.get_cert = lambda cert_type, timeout: asked.append(cert_type)  # type: ignore[method-assign,assignment,return-value]
+    with ContractCM() as cm:
+        config = parse_config(json.dumps({"cmServerURL": cm.address, "tlsMode": "plaintext",
+                                          "iamPublicServerURL": "127.0.0.1:9", "workingDir": str(tmp_path / "w"),
+                                          "resourcesConfigFile": str(tmp_path / "r.cfg"),
+                                          "runtimes": [{"type": "runc"}]}))
+        agent = build_agent(config, iam=(client, client.node_info))
+        agent.start()
+        try:
+            (sm_info,) = registered(cm).messages("sm_info")
+            assert sm_info.node_id == "dev-node" and asked == []
+            assert all(runtime.max_dmips == 777 for runtime in sm_info.runtimes)
+        finally:
+            assert agent.stop(timeout=5.0)
+
+
+def test_a_certificate_type_iam_does_not_have_is_a_configuration_problem(
+        tmp_path: Path, iam: SimulatedIAM, tls_cm: ContractCM, start_iam_agent: Callable[..., Agent],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    agent = start_iam_agent(iam_config(tmp_path, iam, tls_cm.address, certStorage="nosuch"))
+    deadline = time.monotonic() + 10
+    while agent.gateway.problem is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    problem = agent.gateway.problem
+    assert problem is not None and problem.configuration_problem and problem.code == "FAILED_PRECONDITION"
+    assert any("no client certificate from IAM: NOT_FOUND: no certificate of type 'nosuch'" in r.getMessage()
+               for r in caplog.records)
     assert tls_cm.sessions == []

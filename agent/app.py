@@ -9,12 +9,17 @@ from typing import List, Optional, Tuple
 
 from aos_sm import hw
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
+from aos_sm.statemachine import events as ev
 
 from .certs import ExpiryAlerts, ExpiryWatch
 from .cloud import CloudConnection
 from .config import AgentConfig
 from .dispatch import Dispatcher
 from .gateway import Gateway
+from .iam.instance_secrets import IamInstanceSecrets
+from .iam.link import IamLink
+from .iam.merge import MergedNode
+from .iam.port import IamClient, IamNodeInfo
 from .logs.alerts import JournalAlerts
 from .logs.build import build_logs
 from .logs.service import LogService
@@ -49,8 +54,12 @@ class Agent:
     runtimes: Tuple[str, ...]  # the runtime types registered in SMInfo: the ones that can run here
     journal_alerts: Optional[JournalAlerts] = None
     expiry_watch: Optional[ExpiryWatch] = None  # certificates' last 7 days, checked while running
+    iam: Optional[IamLink] = None  # the node's IAM: certificates per connect, renewals, node changes
+    node_iam: Optional[MergedNode] = None  # IAM's node info as merged into the config
 
     def start(self) -> None:
+        if self.iam is not None:
+            self.iam.start()
         self.monitor.start()
         if self.expiry_watch is not None:
             self.expiry_watch.start()
@@ -70,6 +79,8 @@ class Agent:
             self.expiry_watch.stop()
         if self.journal_alerts is not None:
             stopped = self.journal_alerts.stop(timeout) and stopped
+        if self.iam is not None:
+            self.iam.stop()
         return stopped
 
 
@@ -115,14 +126,19 @@ def registration_notes(resources: hw.ResourcesResult, plan: RegistrationPlan) ->
 
 
 def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path = Path("/"),
-                connect_timeout: float = 5.0, transport: Optional[Transport] = None) -> Agent:
+                connect_timeout: float = 5.0, transport: Optional[Transport] = None,
+                iam: Optional[Tuple[IamClient, IamNodeInfo]] = None) -> Agent:
     """Build every part of the agent; ``target`` overrides ``cmServerURL`` (demo, tests);
-    ``transport`` replaces gRPC (tests run the agent over an in-memory fake)."""
+    ``transport`` replaces gRPC (tests run the agent over an in-memory fake); ``iam`` is the
+    node's IAM client and the node info it gave before CM is contacted (agent/iam/startup.py)."""
     address = target or config.cm_server_url
     if not address:
         raise ValueError("no CM address: set cmServerURL")
     outbox = Outbox()
-    node = discover(config, root)
+    node = discover(config, root, iam=iam[1] if iam is not None else None)
+    if node.iam is not None:
+        for warning in node.iam.warnings:
+            log.warning("IAM node info: %s", warning)
     config, capacity = node.config, node.capacity
     for warning in capacity.warnings:
         log.warning("hardware probe: %s", warning)
@@ -154,6 +170,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         image_ttl=config.image_ttl,
         resources=HostResources(config.resources_config_file, root),
         cpu=CpuCapacity.of_node(capacity),
+        secrets=IamInstanceSecrets(iam[0]) if iam is not None and config.iam_protected_server_url else None,
     )
     cloud = CloudConnection()
     # The offline TTL clock runs on the cloud status CM relays.
@@ -171,27 +188,38 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     )
     runtime_types = usable.types
     expiry = ExpiryWatch(ExpiryAlerts(config), lambda text: outbox.send(core_alert(text)))
+    # A renewal IAM announces takes the file watcher's path: CertificatesChanged, then a
+    # reconnect that asks IAM for the certificate again.
+    link = IamLink(iam[0], config.cert_storage, iam[1], lambda: gateway.feed(ev.CertificatesChanged())) \
+        if iam is not None else None
+    if transport is None:
+        # IAM's certificate is the client certificate of mtls only; tls and plaintext present none.
+        transport = GrpcTransport(config, address, client_certificate=link.client_certificate
+                                  if link is not None and config.tls_mode == "mtls" else None)
     gateway = Gateway(
         config,
         target=address,
         registration=_Registration(node, launcher, outbox, expiry, logged=start_notes),
         handler=dispatcher.handle_frame,
         outbox=outbox,
-        transport=transport or GrpcTransport(config, address),
+        transport=transport,
         blob_urls=blob_urls,
         connect_timeout=connect_timeout,
     )
     return Agent(config, outbox, gateway, dispatcher, node_config, launcher, cloud, capacity, logs, monitor,
-                 runtime_types, journal_alerts, expiry if config.tls_mode != "plaintext" else None)
+                 runtime_types, journal_alerts, expiry if config.tls_mode != "plaintext" else None, link, node.iam)
 
 
 def describe(agent: Agent) -> List[str]:
     """A few lines a person reads at start-up: who we are and what we will register."""
     capacity = agent.capacity
-    report = node_capacity_report(agent.config, capacity)
+    report = node_capacity_report(agent.config, capacity, agent.node_iam)
+    # What SMInfo states: the config's (or IAM's) architecture, else the probe's.
+    architecture = agent.config.architecture or capacity.architecture
+    variant = agent.config.architecture_variant if agent.config.architecture_variant is not None \
+        else capacity.arch_variant
     return [
-        f"node {agent.config.node_id}: {len(capacity.cpus)} CPUs, {capacity.architecture}"
-        f"{'/' + capacity.arch_variant if capacity.arch_variant else ''}, {report.max_dmips.value} DMIPS "
+        f"node {agent.config.node_id}: {len(capacity.cpus)} CPUs, {architecture}{'/' + variant if variant else ''}, {report.max_dmips.value} DMIPS "
         f"({report.max_dmips.source}), {capacity.total_ram // (1024 * 1024)} MiB RAM; allowed DMIPS "
         f"{report.allowed_dmips.value}, allowed RAM {report.allowed_ram.value // (1024 * 1024)} MiB",
         f"runtimes: {', '.join(agent.runtimes) or 'none usable'}; CM: {agent.config.cm_server_url or 'simulator'} "

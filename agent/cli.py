@@ -1,4 +1,4 @@
-"""The ``aos-sm`` command: run, cm-sim, demo, fsm, probe."""
+"""The ``aos-sm`` command: run, cm-sim, iam-sim, demo, fsm, probe."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from .config import AgentConfig, load_config
 from .errors import ConfigError
@@ -91,13 +91,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         target = simulator.address
         config = dataclasses.replace(config, tls_mode="plaintext")
         log.warning("no cmServerURL configured: using the built-in CM simulator at %s", target)
-    agent = build_agent(config, target=target)
+    iam = None
+    # The watchdog pings through the gateway's event pump once there is one; before that (while
+    # waiting for IAM) it pings directly, since this thread is only waiting.
+    pump: List[Callable[[Callable[[], None]], None]] = []
+
+    def in_loop(call: Callable[[], None]) -> None:
+        (pump[0] if pump else (lambda inner: inner()))(call)
+
+    if config.uses_iam:
+        from .iam.startup import iam_client, wait_for_node_info
+
+        client = iam_client(config)
+        # Ready now: IAM may be away longer than systemd's start timeout, and STATUS= says why
+        # the node is not registering.
+        systemd.ready(in_loop)
+        systemd.status(f"waiting for IAM at {config.iam_public_server_url}")
+        node_info = wait_for_node_info(client, config, stop, systemd.status)
+        if node_info is None:  # stopped while waiting: CM was never contacted
+            systemd.stopping()
+            client.close()
+            return EXIT_OK
+        iam = (client, node_info)
+    agent = build_agent(config, target=target, iam=iam)
     for line in describe(agent):
         log.info("%s", line)
     agent.gateway.state_listeners.append(
         lambda state: systemd.status(session_status(state.name, target, agent.gateway.problem)))
     agent.start()
-    systemd.ready(agent.gateway.in_loop)
+    pump.append(agent.gateway.in_loop)
+    if iam is None:
+        systemd.ready(in_loop)
     _wait_for(stop)
     systemd.stopping()
     stopped = agent.stop(timeout=4.0)
@@ -153,7 +177,52 @@ def cmd_cm_sim(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_iam_sim(args: argparse.Namespace) -> int:
+    from .iam.sim import SimulatedIAM, default_node_info
+
+    cert_types = tuple(args.cert_type or ["sm"])
+    node_info = default_node_info(args.node_id)
+    if args.max_dmips is not None:
+        node_info.max_dmips = args.max_dmips
+    simulator = SimulatedIAM(Path(args.dir), node_info=node_info, public_listen=args.public,
+                             protected_listen=args.protected, cert_types=cert_types).start()
+    stop = _stop_on_signals()
+    ca = simulator.ca.cert_path
+    cm = simulator.issue_server_cert("cm-server")  # for a CM the agent must trust: cm-sim
+    print(f"IAM simulator: public {simulator.public_address}, protected {simulator.protected_address}, "
+          f"CA {ca}; node {node_info.node_id}, {node_info.max_dmips} DMIPS", file=sys.stderr, flush=True)
+    print(f"a CM for it: aos-sm cm-sim --tls-cert {cm.cert} --tls-key {cm.key} --tls-ca {ca}",
+          file=sys.stderr, flush=True)
+    print("type 'renew [type]' to renew a certificate, 'quit' to stop", file=sys.stderr, flush=True)
+
+    def read_commands() -> None:
+        for line in sys.stdin:
+            words = line.split()
+            if words[:1] in (["quit"], ["exit"]):
+                break
+            if words[:1] == ["renew"]:
+                kind = words[1] if len(words) > 1 else cert_types[0]
+                if kind not in simulator.certs:
+                    print(f"no certificate type {kind!r}", file=sys.stderr, flush=True)
+                    continue
+                issued = simulator.renew(kind)
+                print(f"renewed {kind}: serial {issued.serial:x}", file=sys.stderr, flush=True)
+            elif words:
+                print("commands: renew [type], quit", file=sys.stderr, flush=True)
+        if sys.stdin.isatty():
+            stop.set()
+
+    threading.Thread(target=read_commands, name="iamsim-stdin", daemon=True).start()
+    _wait_for(stop)
+    simulator.stop(0)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.iam:
+        from .iam.demo import run_iam_demo
+
+        return run_iam_demo(timeout=args.timeout)
     from .demo import run_demo
 
     return run_demo(timeout=args.timeout)
@@ -208,8 +277,22 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--tls-ca", help="CA for client certificates (PEM); enables mutual TLS")
     sim.set_defaults(func=cmd_cm_sim)
 
+    iam_sim = commands.add_parser("iam-sim", help="a fake IAM: node info, certificates from a test CA, renewals, "
+                                                  "instance secrets")
+    iam_sim.add_argument("--dir", required=True, help="where its CA and certificates are written")
+    iam_sim.add_argument("--public", default="127.0.0.1:8090", help="public server address (default 127.0.0.1:8090)")
+    iam_sim.add_argument("--protected", default="127.0.0.1:8089",
+                         help="protected server address (default 127.0.0.1:8089)")
+    iam_sim.add_argument("--node-id", default="iam-node-1", help="the node id IAM states")
+    iam_sim.add_argument("--max-dmips", type=int, help="the node's max DMIPS IAM states")
+    iam_sim.add_argument("--cert-type", action="append", default=None,
+                         help="certificate types it hands out (repeat; default sm)")
+    iam_sim.set_defaults(func=cmd_iam_sim)
+
     demo = commands.add_parser("demo", help="agent and simulator on loopback, end to end")
     demo.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for each step")
+    demo.add_argument("--iam", action="store_true",
+                      help="IAM mode: identity and certificates from a fake IAM, CM over mTLS, a renewal")
     demo.set_defaults(func=cmd_demo)
 
     fsm = commands.add_parser("fsm", help="a state diagram (the session's, or with --instance an instance's), "

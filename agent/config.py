@@ -25,8 +25,7 @@ from .errors import AosError, ConfigError
 TLS_MODES = ("mtls", "tls", "plaintext")
 OCI_RUNTIMES = ("crun", "runc")
 
-# Every key we understand, lower-cased, with its nested keys. Reference keys we accept but do not
-# act on yet (certStorage names the IAM certificate storage) are listed so they do not warn.
+# Every key we understand, lower-cased, with its nested keys.
 _KNOWN: Dict[str, Any] = {
     "nodeid": None,
     "cmserverurl": None,
@@ -123,6 +122,11 @@ class AgentConfig:
     architecture_variant: Optional[str] = None
     os_version: Optional[str] = None  # os_info.version as configured; else the kernel release
     image_ttl: float = 24 * 3600.0
+    # The node's IAM (../shared/IAM.md): with iam_public_server_url set, node identity, capacity
+    # and the client certificate (of type cert_storage) come from IAM, not from files and probes.
+    iam_public_server_url: Optional[str] = None
+    iam_protected_server_url: Optional[str] = None
+    cert_storage: str = "sm"
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     warnings: Tuple[str, ...] = ()
 
@@ -138,6 +142,10 @@ class AgentConfig:
     def reconnect_first_wait(self) -> float:
         """The wait after the first failure; the backoff grows from it to ``reconnect_cap``."""
         return min(self.cm_reconnect_timeout * FIRST_WAIT_SHARE, self.reconnect_cap)
+
+    @property
+    def uses_iam(self) -> bool:
+        return self.iam_public_server_url is not None
 
     @property
     def certificate_files(self) -> Tuple[Path, ...]:
@@ -352,8 +360,12 @@ def parse_config(text: str) -> AgentConfig:
         raise ConfigError("tlsMode", f"expected one of {', '.join(TLS_MODES)}, got {tls_mode!r}")
     cm_server_url = reader.string("cmServerURL")
     ca_cert, cert_file, key_file = reader.path("caCert"), reader.path("certFile"), reader.path("keyFile")
+    iam_public = reader.string("iamPublicServerURL")
     if cm_server_url and tls_mode == "mtls":
-        for key, value in (("caCert", ca_cert), ("certFile", cert_file), ("keyFile", key_file)):
+        # With IAM the client certificate comes from IAM's certStorage on every connect.
+        required = (("caCert", ca_cert),) if iam_public else (("caCert", ca_cert), ("certFile", cert_file),
+                                                             ("keyFile", key_file))
+        for key, value in required:
             if value is None:
                 raise ConfigError(key, "required with tlsMode \"mtls\" (set tlsMode \"plaintext\" for development)")
     working_dir = reader.path("workingDir") or AgentConfig.working_dir
@@ -397,6 +409,9 @@ def parse_config(text: str) -> AgentConfig:
         architecture_variant=_variant(reader),
         os_version=_bounded(reader, "osVersion", MAX_OS_VERSION_CHARS),
         image_ttl=reader.seconds("imageTTL", 24 * 3600.0, positive=False),
+        iam_public_server_url=iam_public,
+        iam_protected_server_url=reader.string("iamProtectedServerURL"),
+        cert_storage=reader.string("certStorage") or AgentConfig.cert_storage,
         raw=data,
         warnings=tuple(warnings),
     )

@@ -3,7 +3,9 @@
 For board bring-up: every core with its identity, clock, DMIPS and provenance, the cgroup layout
 and limits, the node's capacity with where each figure comes from, the SMInfo the agent would
 send (built by agent/registration.py, as `aos-sm run` builds it) and the `maxDmips` line for IAM's
-config. `--root` probes a fixture tree or a mounted image instead of `/`. Output goes to stdout
+config. `--root` probes a fixture tree or a mounted image instead of `/`. With `iamPublicServerURL` in the
+config it asks IAM for the node info, registers what `run` would (IAM's identity merged), and
+prints IAM's figures beside the measured ones with the difference. Output goes to stdout
 (it is the command's product); resource problems, CM's cuts and probe warnings go to stderr.
 Exit 0 when the node could be probed, 2 on a bad config or a --root that is not a directory.
 """
@@ -11,21 +13,65 @@ Exit 0 when the node could be probed, 2 on a bad config or a --root that is not 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Optional, Sequence, TextIO
 
 from google.protobuf.json_format import MessageToDict
 
 from aos_sm.hw import CoreInfo, NodeCapacity, ResourcesResult
+from aos_sm.hw.cpu import dmips_provenance
 
 from .config import AgentConfig, load_config, parse_config
-from .errors import ConfigError
+from .errors import AosError, ConfigError
+from .iam.port import IamNodeInfo
 from .registration import (CapacityFigure, NodeCapacityReport, RegistrationPlan, discover, iam_max_dmips_line,
                            load_node_resources, plan_registration)
 
 EXIT_OK, EXIT_USAGE = 0, 2
+
+# How far a measured total may be from IAM's figure before the probe says so: Dhrystone 2.1 is
+# compiler-sensitive, +-15 % for cited figures (hw/dmips_table.py); an `estimate` core is a guess
+# from the nearest core of its class, so twice that.
+DMIPS_UNCERTAINTY = {"estimate": 0.30}
+DEFAULT_DMIPS_UNCERTAINTY = 0.15
+
+
+def dmips_uncertainty(provenance: str) -> float:
+    return DMIPS_UNCERTAINTY.get(provenance, DEFAULT_DMIPS_UNCERTAINTY)
+
+
+def compare_dmips(measured: int, iam_max_dmips: int, provenance: str) -> dict[str, Any]:
+    """IAM's max DMIPS against the probe's: the difference, and whether it is more than the
+    probe's uncertainty (then IAM's node config or the probe is wrong, and CM's scale with it)."""
+    uncertainty = dmips_uncertainty(provenance)
+    if iam_max_dmips <= 0:
+        return {"iamMaxDMIPS": 0, "measuredDMIPS": measured, "verdict": "IAM states no max_dmips"}
+    difference = (measured - iam_max_dmips) / iam_max_dmips
+    within = abs(difference) <= uncertainty
+    verdict = (f"within the probe's +-{uncertainty:.0%}" if within else
+               f"differs by more than the probe's +-{uncertainty:.0%}: fix IAM's nodeInfo.maxDMIPS "
+               f"(or the probe), CM schedules on IAM's figure")
+    return {"iamMaxDMIPS": iam_max_dmips, "measuredDMIPS": measured, "differencePercent": round(difference * 100, 1),
+            "uncertaintyPercent": round(uncertainty * 100), "withinUncertainty": within, "verdict": verdict}
+
+
+def ask_iam(settings: AgentConfig, err: TextIO) -> Optional[IamNodeInfo]:
+    """IAM's node info, one try: the probe reports, it does not wait."""
+    if not settings.uses_iam:
+        return None
+    from .iam.startup import CALL_TIMEOUT, iam_client
+
+    client = iam_client(settings)
+    try:
+        return client.get_node_info(CALL_TIMEOUT)
+    except AosError as error:
+        err.write(f"aos-sm probe: IAM at {settings.iam_public_server_url}: {error}; showing the probes only\n")
+        return None
+    finally:
+        client.close()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,7 +165,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     root: Path = args.root
     try:
         settings = settings_from(args)
-        node = discover(settings, root)
+        iam = ask_iam(settings, err)
+        node = discover(settings, root, iam=iam)
     except ConfigError as error:
         err.write(f"aos-sm probe: {error}\n")
         return EXIT_USAGE
@@ -136,6 +183,12 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
         err.write(f"aos-sm probe: SMInfo: {cut}\n")
     for warning in capacity.warnings:
         err.write(f"aos-sm probe: warning: {warning}\n")
+    if node.iam is not None:
+        for warning in node.iam.warnings:
+            err.write(f"aos-sm probe: IAM node info: {warning}\n")
+    # The cores' own provenance: capacity.dmips_provenance says "operator" once a maxDMIPS applies.
+    comparison = compare_dmips(_measured(capacity), iam.max_dmips, dmips_provenance(capacity.cpus)) \
+        if iam is not None else None
     if args.json:
         document = {
             "smInfo": MessageToDict(plan.sm_info),
@@ -154,7 +207,22 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
             "resourceProblems": list(resources.problems),
             "cuts": list(plan.cuts),
         }
+        if iam is not None and comparison is not None:
+            document["iam"] = {"nodeInfo": dataclasses.asdict(iam), "dmips": comparison,
+                               "measuredRAM": node.measured_total_ram}
         out.write(json.dumps(document, indent=2) + "\n")
     else:
         _write_table(out, capacity, settings, plan, resources)
+        if iam is not None and comparison is not None:
+            _write_iam(out, iam, node.measured_total_ram, comparison)
     return EXIT_OK
+
+
+def _write_iam(out: TextIO, iam: IamNodeInfo, measured_ram: int, comparison: dict[str, Any]) -> None:
+    out.write(f"\nIAM node   {iam.node_id} ({iam.node_type or '-'}), {iam.os_name} {iam.os_version}, "
+              f"arch {iam.architecture}{'/' + iam.architecture_variant if iam.architecture_variant else ''}\n")
+    difference = f"{comparison['differencePercent']:+.1f}%" if "differencePercent" in comparison else "-"
+    out.write(f"           {'':<8} {'IAM':>14} {'measured':>14} {'difference':>11}\n")
+    out.write(f"           {'DMIPS':<8} {iam.max_dmips:>14} {comparison['measuredDMIPS']:>14} {difference:>11}  "
+              f"{comparison['verdict']}\n")
+    out.write(f"           {'RAM':<8} {_gib(iam.total_ram):>14} {_gib(measured_ram):>14}\n")

@@ -8,6 +8,9 @@ Theory of operation:
 - ``plan_registration(node, resources)`` is pure: it applies the capacity semantics and CM's
   limits (PROTOCOL.md "Capacity semantics", "Limits of the real CM") and returns the SMInfo
   with every cut named, so the agent logs and alerts them and `probe` prints them.
+- With IAM (``iamPublicServerURL``), ``discover`` gets IAM's node info, read before CM is
+  contacted, and merges it first (agent/iam/merge.py: IAM wins over the probes, the operator's
+  config over IAM with a warning); IAM's total RAM and OS name replace the probed ones.
 - ``load_node_resources`` reads ``resourcesConfigFile`` under the root on every connect, so an
   operator's fix applies at the next session.
 """
@@ -29,6 +32,8 @@ from .capacity import UsableRuntimes, probe_capacity, runtime_unusable, usable_r
 from .config import (JOURNALD, MAX_ARCH_CHARS, MAX_ID_CHARS, MAX_OS_VERSION_CHARS, OCI_RUNTIMES, AgentConfig,
                      RuntimeSettings)
 from .errors import ConfigError
+from .iam.merge import IAM_SOURCE, MergedNode, merge_node_info, source_of
+from .iam.port import IamNodeInfo
 from .sminfo import Platform, RuntimeCapacity, build_sm_info
 
 LIVE_ROOT = Path("/")
@@ -56,6 +61,8 @@ class Node:
     capacity: hw.NodeCapacity
     runtimes: UsableRuntimes
     root: Path
+    iam: Optional[MergedNode] = None  # IAM's node info as merged, when the node has an IAM
+    measured_total_ram: int = 0  # the probe's MemTotal, also when IAM's total_ram replaces it
 
 
 @dataclass(frozen=True)
@@ -133,16 +140,37 @@ def detect_system_log(root: Path, which: Which) -> str:
     return SYSLOG_FILE
 
 
-def discover(config: AgentConfig, root: Path = LIVE_ROOT, which: Optional[Which] = None) -> Node:
-    """Probe the node under ``root`` and complete ``config`` from it. Raises ConfigError when the
-    root is not a directory or a setting cannot be applied to this node."""
+def _with_iam_capacity(capacity: hw.NodeCapacity, config: AgentConfig, merged: MergedNode) -> hw.NodeCapacity:
+    """IAM's total RAM and OS name in place of the probed ones; the cgroup limit still applies."""
+    changes: Dict[str, object] = {}
+    if merged.total_ram is not None:
+        allowed = merged.total_ram * (1 - config.reserve_ram_percent / 100)
+        if capacity.cgroup_limits.memory_limit is not None:
+            allowed = min(allowed, capacity.cgroup_limits.memory_limit)
+        changes.update(total_ram=merged.total_ram, allowed_ram=int(allowed))
+    if merged.os_name is not None:
+        changes["os_name"] = merged.os_name
+    return dataclasses.replace(capacity, **changes)  # type: ignore[arg-type]
+
+
+def discover(config: AgentConfig, root: Path = LIVE_ROOT, which: Optional[Which] = None,
+             iam: Optional[IamNodeInfo] = None) -> Node:
+    """Probe the node under ``root`` and complete ``config`` from IAM's node info (when given)
+    and from the probes. Raises ConfigError when the root is not a directory or a setting cannot
+    be applied to this node."""
     if not root.is_dir():
         raise ConfigError("--root", f"{root} is not a directory")
     find = which or which_under(root)
+    merged = merge_node_info(config, iam) if iam is not None else None
+    if merged is not None:
+        config = merged.config
     try:
         capacity = probe_capacity(config, root)
     except ValueError as err:
         raise ConfigError("systemReserve", str(err)) from err
+    measured_total_ram = capacity.total_ram
+    if merged is not None:
+        capacity = _with_iam_capacity(capacity, config, merged)
     node_id = config.node_id or default_node_id(root)
     if not node_id or len(node_id) > MAX_ID_CHARS:
         raise ConfigError("nodeId", f"discovered node id {node_id!r} is not 1 to {MAX_ID_CHARS} chars; set nodeId")
@@ -156,7 +184,7 @@ def discover(config: AgentConfig, root: Path = LIVE_ROOT, which: Optional[Which]
     # there is judged by the tree's cgroup layout alone (the same for `run --root` and `probe`).
     runtime_which = find if is_live(root) or not config.runtimes else (lambda name: name)
     runtimes = usable_runtimes(completed, capacity.cgroups.mode, runtime_which)
-    return Node(completed, capacity, runtimes, root)
+    return Node(completed, capacity, runtimes, root, merged, measured_total_ram)
 
 
 def load_node_resources(node: Node) -> hw.ResourcesResult:
@@ -170,10 +198,17 @@ def load_node_resources(node: Node) -> hw.ResourcesResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def node_capacity_report(config: AgentConfig, capacity: hw.NodeCapacity) -> NodeCapacityReport:
-    """max/total from the probes; allowed_* only when the operator reserved capacity, because an
-    allowed_* > 0 makes CM use it as a fixed budget that ignores system load."""
-    max_source = "maxDMIPS (operator)" if config.max_dmips is not None else f"measured: {capacity.dmips_provenance}"
+def node_capacity_report(config: AgentConfig, capacity: hw.NodeCapacity,
+                         iam: Optional[MergedNode] = None) -> NodeCapacityReport:
+    """max/total from IAM or the probes; allowed_* only when the operator reserved capacity,
+    because an allowed_* > 0 makes CM use it as a fixed budget that ignores system load."""
+    if source_of(iam, "maxDMIPS") == IAM_SOURCE:
+        max_source = "IAM node info max_dmips"
+    elif config.max_dmips is not None:
+        max_source = "maxDMIPS (operator)"
+    else:
+        max_source = f"measured: {capacity.dmips_provenance}"
+    ram_source = "IAM node info total_ram" if source_of(iam, "totalRAM") == IAM_SOURCE else "/proc/meminfo MemTotal"
     if config.reserve_dmips_percent > 0:
         allowed_dmips = CapacityFigure(capacity.allowed_dmips,
                                        f"systemReserve.dmipsPercent {config.reserve_dmips_percent:g} and the cgroup")
@@ -187,7 +222,7 @@ def node_capacity_report(config: AgentConfig, capacity: hw.NodeCapacity) -> Node
     return NodeCapacityReport(
         max_dmips=CapacityFigure(capacity.max_dmips, max_source),
         allowed_dmips=allowed_dmips,
-        total_ram=CapacityFigure(capacity.total_ram, "/proc/meminfo MemTotal"),
+        total_ram=CapacityFigure(capacity.total_ram, ram_source),
         allowed_ram=allowed_ram,
     )
 
@@ -242,7 +277,7 @@ def plan_registration(node: Node, resources: hw.ResourcesResult) -> Registration
     over-limit entry or over-long string left out and named in ``cuts``."""
     config = node.config
     cuts: List[str] = []
-    report = node_capacity_report(config, node.capacity)
+    report = node_capacity_report(config, node.capacity, node.iam)
     platform = _platform(config, node.capacity, cuts)
     settings: Dict[str, RuntimeSettings] = {item.type: item for item in config.runtime_settings}
     types = list(node.runtimes.types)

@@ -15,8 +15,10 @@ policy (statemachine/status.py) turns into a pace and a kind of problem.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+from pathlib import Path
 from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
 
 import grpc
@@ -151,19 +153,32 @@ class GrpcTransport:
 
     ``before_connect`` runs first on every attempt: the hook for checks of the node's own
     certificate, key and CA (an ``AosError`` it raises fails the attempt as a configuration
-    problem, with its message in the log and STATUS=)."""
+    problem, with its message in the log and STATUS=).
+
+    ``client_certificate``, when given, names the (certificate, key) files to present instead of
+    ``certFile``/``keyFile``: with IAM it asks IAM on every connect, so a renewed certificate is
+    the one the next session presents. It may raise ``TransportFailure`` (IAM unreachable: its
+    code sets the retry pace) or another ``AosError`` (a configuration problem)."""
 
     def __init__(self, config: AgentConfig, target: str, *,
-                 before_connect: Optional[Callable[[], None]] = None) -> None:
+                 before_connect: Optional[Callable[[], None]] = None,
+                 client_certificate: Optional[Callable[[], Tuple[Path, Path]]] = None) -> None:
         self._config = config
         self.target = target
         self._before_connect = before_connect
+        self._client_certificate = client_certificate
 
     def connect(self) -> GrpcConnection:
         try:
             if self._before_connect is not None:
                 self._before_connect()
-            credentials = rpc.make_credentials(self._config)
+            config = self._config
+            if self._client_certificate is not None:
+                cert_file, key_file = self._client_certificate()
+                config = dataclasses.replace(config, tls_mode="mtls", cert_file=cert_file, key_file=key_file)
+            credentials = rpc.make_credentials(config)
+        except TransportFailure:
+            raise
         except AosError as err:
             raise TransportFailure("FAILED_PRECONDITION", str(err)) from err
         return GrpcConnection(rpc.make_channel(

@@ -1,7 +1,7 @@
 """The agent on the oldest stack we promise: what Debian bookworm ships (grpcio 1.51, protobuf
 3.21 = Python 4.21.12, transitions 0.9.0, psutil 5.9.4, pyroute2 0.7.3, cryptography 38.0.4).
 
-A venv with exactly those versions runs the gateway, contract and core tests. (The issue for the
+A venv with exactly those versions runs the gateway, contract, IAM and core tests. (The issue for the
 board adds the same suite on arm64 under qemu-user with Debian's own packages.)
 """
 
@@ -57,7 +57,7 @@ def test_gateway_contract_and_core_tests_pass_on_the_bookworm_stack() -> None:
     result = subprocess.run(
         [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/agent", "tests/statemachine",
          "tests/test_wire_contract.py", "tests/test_contract_cm.py", "tests/test_nodeconfig.py",
-         "tests/hw"],
+         "tests/hw", "tests/iam"],
         cwd=ROOT, env={**os.environ, INNER: "1"}, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

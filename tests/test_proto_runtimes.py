@@ -33,6 +33,12 @@ assert back.WhichOneof("SMOutgoingMessage") == "sm_info" and back.sm_info.runtim
 alert = pb.Alert(core_alert=pb.CoreAlert(core_component="SM", message="m"))
 assert alert.WhichOneof("AlertItem") == "core_alert"
 assert common_pb2.InstanceIdent(type=common_pb2.COMPONENT).type == 1
+from aos_sm.proto.iamanager.v6 import iamanager_pb2 as iam
+node = iam.NodeInfo(node_id="n", max_dmips=9, cpus=[iam.CPUInfo(arch_info=common_pb2.ArchInfo(architecture="arm64"))])
+assert iam.NodeInfo.FromString(node.SerializeToString()).cpus[0].arch_info.architecture == "arm64"
+request = iam.RegisterInstanceRequest(permissions={"vis": iam.Permissions(permissions={"*": "rw"})})
+assert iam.RegisterInstanceRequest.FromString(request.SerializeToString()).permissions["vis"].permissions["*"] == "rw"
+assert [m.name for m in iam.DESCRIPTOR.services_by_name["IAMPublicCertService"].methods] == ["GetCert", "SubscribeCertChanged"]
 print(google.protobuf.__version__)
 """
 

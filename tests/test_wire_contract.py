@@ -1,8 +1,8 @@
-"""The compiled descriptors say exactly what the wire contract says, fact by fact.
+"""The compiled descriptors say exactly what the wire contracts say, fact by fact.
 
-tests/data/servicemanager-v5.tsv is a copy of ../shared/wire/servicemanager-v5.tsv, the contract a
-real AosEdge CM speaks. A mismatch here means our proto/ drifted from it: fix the .proto, never
-the contract.
+Each contract under tests/data is a copy of one in ../shared/wire: servicemanager-v5.tsv is what a
+real AosEdge CM speaks (with common.v2), iamanager-v6.tsv what the node's IAM speaks. A mismatch
+here means our proto/ drifted from a contract: fix the .proto, never the contract.
 """
 
 from __future__ import annotations
@@ -13,11 +13,21 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FieldDescriptor
 
+import pytest
+
 from aos_sm.proto.common.v2 import common_pb2
+from aos_sm.proto.iamanager.v6 import iamanager_pb2
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2
 
-CONTRACT = Path(__file__).parent / "data" / "servicemanager-v5.tsv"
-SHARED_CONTRACT = Path(__file__).resolve().parents[2] / "shared" / "wire" / "servicemanager-v5.tsv"
+DATA = Path(__file__).parent / "data"
+SHARED_WIRE = Path(__file__).resolve().parents[2] / "shared" / "wire"
+CONTRACT = DATA / "servicemanager-v5.tsv"
+# Each contract and the compiled files it describes (iamanager's TSV leaves common.v2 to the
+# servicemanager one, which it imports).
+CONTRACTS = {
+    "servicemanager-v5.tsv": (common_pb2.DESCRIPTOR, servicemanager_pb2.DESCRIPTOR),
+    "iamanager-v6.tsv": (iamanager_pb2.DESCRIPTOR,),
+}
 
 _SCALARS = {
     FieldDescriptor.TYPE_INT32: "int32",
@@ -90,17 +100,18 @@ def descriptor_facts(file: _descriptor.FileDescriptor) -> list[str]:
     return facts
 
 
-def compiled_facts() -> list[str]:
-    return descriptor_facts(common_pb2.DESCRIPTOR) + descriptor_facts(servicemanager_pb2.DESCRIPTOR)
+def compiled_facts(contract: str = CONTRACT.name) -> list[str]:
+    return [fact for file in CONTRACTS[contract] for fact in descriptor_facts(file)]
 
 
-def test_compiled_descriptors_match_the_contract_fact_by_fact() -> None:
-    expected = contract_facts(CONTRACT)
-    actual = compiled_facts()
+@pytest.mark.parametrize("contract", sorted(CONTRACTS))
+def test_compiled_descriptors_match_the_contract_fact_by_fact(contract: str) -> None:
+    expected = contract_facts(DATA / contract)
+    actual = compiled_facts(contract)
     missing = [fact for fact in expected if fact not in actual]
     extra = [fact for fact in actual if fact not in expected]
     assert not missing and not extra, (
-        "proto/ differs from the wire contract\nmissing:\n  "
+        f"proto/ differs from the wire contract {contract}\nmissing:\n  "
         + "\n  ".join(missing)
         + "\nnot in the contract:\n  "
         + "\n  ".join(extra)
@@ -108,12 +119,12 @@ def test_compiled_descriptors_match_the_contract_fact_by_fact() -> None:
     assert len(actual) == len(expected)
 
 
-def test_the_contract_copy_equals_the_shared_one_when_it_is_beside_us() -> None:
-    if not SHARED_CONTRACT.exists():
-        import pytest
-
-        pytest.skip(f"no shared contract at {SHARED_CONTRACT} (checkout without shared/)")
-    assert CONTRACT.read_text() == SHARED_CONTRACT.read_text()
+@pytest.mark.parametrize("contract", sorted(CONTRACTS))
+def test_the_contract_copy_equals_the_shared_one_when_it_is_beside_us(contract: str) -> None:
+    shared = SHARED_WIRE / contract
+    if not shared.exists():
+        pytest.skip(f"no shared contract at {shared} (checkout without shared/)")
+    assert (DATA / contract).read_text() == shared.read_text()
 
 
 def test_a_renumbered_field_would_be_caught() -> None:
@@ -125,3 +136,12 @@ def test_a_renumbered_field_would_be_caught() -> None:
     ]
     assert tampered != expected
     assert set(tampered) != set(compiled_facts())
+
+
+def test_a_map_turned_into_a_plain_repeated_field_would_be_caught() -> None:
+    """iamanager's maps are nested ...Entry messages in the facts: dropping one is a mismatch."""
+    contract = "iamanager-v6.tsv"
+    expected = contract_facts(DATA / contract)
+    entry = "message\tiamanager.v6.RegisterInstanceRequest.PermissionsEntry"
+    assert entry in expected and entry in compiled_facts(contract)
+    assert set(expected) - {entry} != set(compiled_facts(contract))

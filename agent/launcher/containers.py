@@ -8,12 +8,15 @@ Nothing here decides anything: what to do and when is the core's business.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import threading
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Set, Tuple
+
+from aos_sm.proto.common.v2 import common_pb2
 
 from ..errors import AosError, NotFound
 from ..ports import InstanceKey, MonitoredInstance
@@ -30,6 +33,16 @@ from .store import LauncherStore, StoreError
 log = logging.getLogger(__name__)
 
 
+class InstanceSecrets(Protocol):
+    """IAM's instance registration (agent/iam/instance_secrets.py): for instances whose item
+    config has ``permissions``, ``register`` on start gives ``AOS_SECRET``, ``unregister`` on
+    stop; each raises an AosError that fails the start with its reason."""
+
+    def register(self, instance: common_pb2.InstanceIdent, permissions: Mapping[str, Any]) -> str: ...
+
+    def unregister(self, instance: common_pb2.InstanceIdent) -> None: ...
+
+
 class Containers:
     def __init__(
         self,
@@ -42,8 +55,10 @@ class Containers:
         clock: Callable[[], float],
         resources: Optional[ResourceSource] = None,
         cpu: Optional[CpuCapacity] = None,
+        secrets: Optional[InstanceSecrets] = None,
     ) -> None:
         self.root = root
+        self._secrets = secrets
         self.cgroup_parent = cgroup_parent
         self.runtimes = {
             runtime_id: OciRuntime(binary, root / "runtime" / kind) for runtime_id, (kind, binary) in runtimes.items()
@@ -126,11 +141,15 @@ class Containers:
         """Write the bundle and start the container; (output reader fd, host pid). On failure
         nothing half-created stays behind."""
         runtime = self.runtime(instance)
+        registered = False
         try:
             self.touch_image(image.manifest_digest)
             bundle = self.bundle(instance.container_id)
             bundle.mkdir(parents=True, exist_ok=True)
-            spec = build_runtime_spec(image.config, self.bundle_spec(instance, image))
+            spec_input = self.bundle_spec(instance, image)
+            with_secret = self._with_secret(instance, image, spec_input)
+            registered = with_secret is not spec_input
+            spec = build_runtime_spec(image.config, with_secret)
             _write_bundle_config(bundle / "config.json", json.dumps(spec, indent=2).encode())
             runtime.delete(instance.container_id)  # a leftover of a run the agent did not see end
             self.log_path(instance.container_id).parent.mkdir(parents=True, exist_ok=True)
@@ -145,8 +164,26 @@ class Containers:
         except BaseException:
             with contextlib.suppress(AosError):
                 runtime.delete(instance.container_id)
+            if registered:
+                self._unregister(instance, image)
             raise
         return reader, pid
+
+    def _with_secret(self, instance: Instance, image: Image, spec: BundleSpec) -> BundleSpec:
+        """``AOS_SECRET`` from IAM, last in the environment so nothing overrides it."""
+        permissions = image.item_config.permissions
+        if not permissions or self._secrets is None:
+            return spec
+        secret = self._secrets.register(instance.info.instance, permissions)
+        return dataclasses.replace(spec, env_vars=spec.env_vars + (("AOS_SECRET", secret),))
+
+    def _unregister(self, instance: Instance, image: Optional[Image]) -> None:
+        if self._secrets is None or image is None or not image.item_config.permissions:
+            return
+        try:
+            self._secrets.unregister(instance.info.instance)
+        except AosError as err:
+            log.error("%s: %s", err, instance.container_id)
 
     def halt(self, instance: Instance, run: Optional[Run]) -> None:
         """End the container (TERM, then KILL after the stop timeout) and remove it."""
@@ -159,6 +196,7 @@ class Containers:
                 runtime.kill(instance.container_id, "KILL")
                 run.exited.wait(self._stop_timeout)
         runtime.delete(instance.container_id)
+        self._unregister(instance, instance.image)
 
     def remove(self, instance: Instance) -> None:
         """Remove the container of a process that ended on its own."""
@@ -168,6 +206,8 @@ class Containers:
                 runtime.delete(instance.container_id)
             except AosError as err:
                 log.error("removing the ended container %s: %s", instance.container_id, err)
+        # Its secret ends with it: a restart registers the instance again.
+        self._unregister(instance, instance.image)
 
     def still_running(self, instance: Instance) -> Optional[Tuple[int, ContainerState]]:
         """(output reader fd, state) when the instance's container survived an agent restart."""

@@ -43,7 +43,7 @@ from ..messages import core_alert
 from ..ports import CrashRecord, InstanceKey, InstanceLogFile, InstanceMonitorPort, Sender
 from .batches import Batch, BatchRunner, Cloud, Job, Post
 from .bundle import CpuCapacity
-from .containers import Containers
+from .containers import Containers, InstanceSecrets
 from .image import Resolver
 from .lifecycle import (Adopted, CancelTimer, Create, Effect, Event, Exited, Faulted, Forget, Halt, Ignored,
                         ImageReady, InstanceLife, LifecycleError, Phase, Pull, Reap, Report, StartTimer,
@@ -81,12 +81,14 @@ class Launcher(BatchRunner):
         monotonic: Callable[[], float] = time.monotonic,
         resources: Optional[ResourceSource] = None,
         cpu: Optional[CpuCapacity] = None,
+        secrets: Optional[InstanceSecrets] = None,
     ) -> None:
         """``runtimes`` maps runtime_id -> (type, binary) for the runtimes this node can run;
         ``parallel`` bounds the pulls, creates and stops running at once; ``observer`` hears
         every phase an instance enters (benchmarks); ``resources`` grants the item configs'
         resources (none without it); ``cpu`` is the node capacity a ``cpuDMIPSLimit`` is computed
-        from (such items fail without it)."""
+        from (such items fail without it); ``secrets`` registers the instances whose item config
+        has ``permissions`` with IAM and gives them ``AOS_SECRET`` (none without it)."""
         self._sender = sender
         root = working_dir / "launcher"
         root.mkdir(parents=True, exist_ok=True)
@@ -98,7 +100,7 @@ class Launcher(BatchRunner):
         self._store = LauncherStore(root / "launcher.db")
         self._containers = Containers(root=root, runtimes=runtimes, store=self._store,
                                       cgroup_parent=cgroup_parent.strip("/"), stop_timeout=stop_timeout,
-                                      clock=clock, resources=resources, cpu=cpu)
+                                      clock=clock, resources=resources, cpu=cpu, secrets=secrets)
         self._tasks = Tasks(containers=self._containers, store=self._store, sender=sender, resolver=resolver,
                             policy_of=policy_of, monotonic=monotonic, post=self._post, on_exit=self._enqueue)
         # Two pools: downloads may hang for minutes on a bad network, and must never hold up the

@@ -177,6 +177,11 @@ class BlobStore:
                     log.info("%s does not resume downloads: restarting %s", url, partial.name)
                 with open(partial, "ab" if resumed else "wb") as target:
                     _copy(response, target)
+                # http.client returns b"" instead of raising IncompleteRead when a connection
+                # closes before Content-Length bytes came (read with a size): check ourselves.
+                remaining = getattr(response, "length", None)
+                if remaining:
+                    raise _Broken(f"connection closed {remaining} bytes before the end")
         except urllib.error.HTTPError as err:
             if err.code == 416 and have:
                 # Range not satisfiable: what we have is (at least) the whole blob; verify decides.

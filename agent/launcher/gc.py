@@ -34,12 +34,8 @@ def collect_garbage(store: LauncherStore, images: ImageStore, in_use: Set[str], 
                     verify: bool = False) -> List[str]:
     """One sweep; returns the problems CM should hear of (corrupt layers an instance still uses)."""
     problems: List[str] = []
+    # An image never used since it was installed counts from its install time (its record).
     use = store.image_use()
-    for digest in images.installed():
-        if digest not in use:
-            # Installed but never recorded (the agent died between the two): start the clock now.
-            store.touch_image(digest, now)
-            use[digest] = now
     stored = [dataclasses.replace(image, last_used=use.get(image.digest)) for image in images.stored_images()]
     if verify:
         problems += _drop_corrupt_layers(store, images, stored, in_use)

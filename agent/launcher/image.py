@@ -471,6 +471,7 @@ class ImageStore:
         for path in self.root.iterdir():
             if path.name not in ("layers", "images"):
                 found.append(path)
+        found += (self.root / "images").glob("*.new")  # a record write the agent died in
         for path in (self.root / "layers").iterdir():
             stem = path.name.split(".", 1)[0]
             if f"sha256:{stem}" in pins:

@@ -138,7 +138,9 @@ def parse_image_config(data: bytes) -> ImageConfig:
 @dataclass(frozen=True)
 class Image:
     manifest_digest: str
-    layers: Tuple[Path, ...]  # unpacked layer directories, bottom first (manifest order)
+    # Unpacked layer directories, bottom first (manifest order; overlayfs's lowerdir lists them top
+    # first). A directory repeats where the manifest repeats a diff id.
+    layers: Tuple[Path, ...]
     config: ImageConfig
     blobs: Tuple[str, ...]  # the blobs the image keeps: manifest, config, item config
     item_config: ItemConfig = ItemConfig()  # the defaults when the manifest names none
@@ -366,8 +368,9 @@ class ImageStore:
 
     def _install(self, manifest_digest: str, manifest: Manifest, config: ImageConfig, resolver: Resolver,
                  item_id: str, kept: List[str]) -> None:
-        wanted = [(layer, diff_id) for layer, diff_id in zip(manifest.layers, config.diff_ids)
-                  if not self.has_layer(diff_id)]
+        # A diff id can repeat (builders emit the same empty layer several times): unpacked once.
+        wanted = list({diff_id: (layer, diff_id) for layer, diff_id in zip(manifest.layers, config.diff_ids)
+                       if not self.has_layer(diff_id)}.values())
         fetched: List[str] = []
         try:
             missing = [layer for layer, _ in wanted if not self.blobs.has(layer.digest)]

@@ -347,3 +347,14 @@ def test_the_sweep_keeps_two_versions_per_item_and_removes_what_nothing_owns(tmp
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["images", "layers"]
     assert len(images.layers()) == 2 and not any(p.name.endswith(".partial")
                                                  for p in (tmp_path / "images" / "layers").iterdir())
+
+
+def test_a_layer_the_manifest_repeats_is_downloaded_and_unpacked_once(tmp_path: Path) -> None:
+    empty = _layer({})
+    image = build_image([empty, _layer({"f": b"x"}), empty])
+    asked: List[List[str]] = []
+    resolve = _resolver(tmp_path / "served", image.blobs)
+    images = ImageStore(tmp_path / "images", BlobStore(tmp_path / "blobs"))
+    pulled = images.pull(image.manifest_digest, lambda ds: asked.append(ds) or resolve(ds))
+    assert pulled.layers[0] == pulled.layers[2] and len(images.layers()) == 2
+    assert [len(set(ds)) for ds in asked] == [1, 1, 2]  # manifest, config, the two distinct layers

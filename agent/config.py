@@ -126,7 +126,7 @@ class AgentConfig:
     architecture_variant: Optional[str] = None
     os_version: Optional[str] = None  # os_info.version as configured; else the kernel release
     image_ttl: float = UPDATE_ITEM_TTL  # updateItemTTL
-    images_part_limit: float = 100.0  # imagesPartLimit: percent of its partition the image store may use
+    images_part_limit: float = 100.0  # imagesPartLimit: percent of its partition the image store may use (0: no cap)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     warnings: Tuple[str, ...] = ()
 
@@ -401,7 +401,7 @@ def parse_config(text: str) -> AgentConfig:
         architecture_variant=_variant(reader),
         os_version=_bounded(reader, "osVersion", MAX_OS_VERSION_CHARS),
         image_ttl=_update_item_ttl(reader),
-        images_part_limit=reader.number("imagesPartLimit", 100.0, low=1, high=100),
+        images_part_limit=reader.number("imagesPartLimit", 100.0, low=0, high=100),
         raw=data,
         warnings=tuple(warnings),
     )

@@ -358,3 +358,12 @@ def test_a_layer_the_manifest_repeats_is_downloaded_and_unpacked_once(tmp_path: 
     pulled = images.pull(image.manifest_digest, lambda ds: asked.append(ds) or resolve(ds))
     assert pulled.layers[0] == pulled.layers[2] and len(images.layers()) == 2
     assert [len(set(ds)) for ds in asked] == [1, 1, 2]  # manifest, config, the two distinct layers
+
+
+def test_the_space_and_removal_decisions_import_nothing_that_does_io() -> None:
+    from test_lifecycle import FORBIDDEN, imported_roots
+
+    import aos_sm.agent.launcher.space as space
+
+    roots = imported_roots(Path(space.__file__))
+    assert not roots & FORBIDDEN and not any(root.startswith(".") for root in roots), roots

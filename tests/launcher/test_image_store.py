@@ -367,3 +367,13 @@ def test_the_space_and_removal_decisions_import_nothing_that_does_io() -> None:
 
     roots = imported_roots(Path(space.__file__))
     assert not roots & FORBIDDEN and not any(root.startswith(".") for root in roots), roots
+
+
+@pytest.mark.system
+def test_images_part_limit_caps_the_store_below_the_free_space(tmp_path: Path, tmpfs: Path) -> None:
+    image = build_image([_layer({"data": os.urandom(int(1.4 * MiB))})])
+    capped = ImageStore(tmpfs / "capped" / "images", BlobStore(tmpfs / "capped" / "blobs"), limit_percent=25)
+    with pytest.raises(NoMemory, match=r"^not enough space: blob "):  # 1 MiB allowed of 4, 1.4 needed
+        capped.pull(image.manifest_digest, _resolver(tmp_path / "served", image.blobs))
+    uncapped = ImageStore(tmpfs / "images", BlobStore(tmpfs / "blobs"))
+    assert uncapped.pull(image.manifest_digest, _resolver(tmp_path / "served", image.blobs)).layers

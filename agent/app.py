@@ -168,6 +168,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         monitor=monitor,
         cgroup_parent=config.cgroup_parent,
         image_ttl=config.image_ttl,
+        images_part_limit=config.images_part_limit if 0 < config.images_part_limit < 100 else None,
         resources=HostResources(config.resources_config_file, root),
         cpu=CpuCapacity.of_node(capacity),
         secrets=IamInstanceSecrets(iam[0]) if iam is not None and config.iam_protected_server_url else None,

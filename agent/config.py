@@ -49,6 +49,8 @@ _KNOWN: Dict[str, Any] = {
     "runtimes": None,
     "journalalerts": {"filter": None, "systemalertpriority": None, "servicealertpriority": None},
     "imagettl": None,
+    "updateitemttl": None,
+    "imagespartlimit": None,
     "architecture": None,
     "architecturevariant": None,
     "osversion": None,
@@ -65,6 +67,7 @@ MAX_OS_VERSION_CHARS = 32
 FIRST_WAIT_SHARE = 1 / 20
 
 JOURNALD = "journald"
+UPDATE_ITEM_TTL = 30 * 24 * 3600.0  # the reference's default updateItemTTL (INSTANCES.md "The image")
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,8 @@ class AgentConfig:
     architecture: Optional[str] = None  # GOARCH override of the probe (the IAM key name)
     architecture_variant: Optional[str] = None
     os_version: Optional[str] = None  # os_info.version as configured; else the kernel release
-    image_ttl: float = 24 * 3600.0
+    image_ttl: float = UPDATE_ITEM_TTL  # updateItemTTL
+    images_part_limit: float = 100.0  # imagesPartLimit: percent of its partition the image store may use (0: no cap)
     # The node's IAM (../shared/IAM.md): with iam_public_server_url set, node identity, capacity
     # and the client certificate (of type cert_storage) come from IAM, not from files and probes.
     iam_public_server_url: Optional[str] = None
@@ -408,13 +412,22 @@ def parse_config(text: str) -> AgentConfig:
         architecture=_bounded(reader, "architecture", MAX_ARCH_CHARS),
         architecture_variant=_variant(reader),
         os_version=_bounded(reader, "osVersion", MAX_OS_VERSION_CHARS),
-        image_ttl=reader.seconds("imageTTL", 24 * 3600.0, positive=False),
+        image_ttl=_update_item_ttl(reader),
+        images_part_limit=reader.number("imagesPartLimit", 100.0, low=0, high=100),
         iam_public_server_url=iam_public,
         iam_protected_server_url=reader.string("iamProtectedServerURL"),
         cert_storage=reader.string("certStorage") or AgentConfig.cert_storage,
         raw=data,
         warnings=tuple(warnings),
     )
+
+
+def _update_item_ttl(reader: _Reader) -> float:
+    """``updateItemTTL`` (the reference's name, default 30 days); ``imageTTL``, this agent's older
+    name, is still read when the new one is absent."""
+    if reader.get("updateItemTTL") is not None:
+        return reader.seconds("updateItemTTL", UPDATE_ITEM_TTL, positive=False)
+    return reader.seconds("imageTTL", UPDATE_ITEM_TTL, positive=False)
 
 
 def _variant(reader: _Reader) -> Optional[str]:

@@ -170,8 +170,12 @@ def test_runtimes_come_from_the_config() -> None:
 
 
 def test_image_ttl_is_a_duration() -> None:
-    assert parse({}).image_ttl == 24 * 3600.0
-    assert parse({"imageTTL": "1h30m"}).image_ttl == 5400.0
+    assert parse({}).image_ttl == 30 * 24 * 3600.0  # updateItemTTL's reference default
+    assert parse({"imageTTL": "1h30m"}).image_ttl == 5400.0  # the older name still works
+    assert parse({"updateItemTTL": "1h", "imageTTL": "2h"}).image_ttl == 3600.0  # the reference name wins
+    assert parse({"imagesPartLimit": 80}).images_part_limit == 80.0
+    with pytest.raises(ConfigError, match="imagesPartLimit"):
+        parse({"imagesPartLimit": 120})
     assert parse({"imageTTL": 0}).image_ttl == 0.0
     with pytest.raises(ConfigError) as caught:
         parse({"imageTTL": "soon"})

@@ -1,6 +1,8 @@
 """The launcher: OCI images pulled by digest, bundles, an OCI runtime, and the instances CM wants.
 
-Modules: ``blobs`` (content-addressed store and downloads), ``image`` (manifests, layers, rootfs),
+Modules: ``blobs`` (content-addressed store and resumed downloads), ``image`` (manifests, configs
+and the image store), ``layers`` (one layer unpacked in overlay form, tree digests), ``space``
+(pure: evictions for space and the removal policy), ``gc`` (the store's sweep),
 ``bundle`` (pure: the OCI runtime spec of an instance), ``runtime`` (the runc/crun adapter),
 ``plan`` (pure: what an UpdateInstances changes), ``lifecycle`` (pure: each instance's state
 machine, one table), ``store`` (SQLite: desired instances, crashes, image use, the offline clock),

@@ -20,11 +20,12 @@ from typing import Deque, Dict, List, Optional, Set, Tuple, Union
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from ..errors import AosError
+from ..messages import core_alert
 from ..ports import InstanceKey, Sender
 from .containers import Containers
 from .lifecycle import SETTLED, Event, Faulted, InstanceLife, Phase, StartRequested, StopRequested, TtlExpired
 from .plan import info_fingerprint, plan_update
-from .tasks import OfflineTtl
+from .tasks import OfflineTtl, Pool
 from .records import Exit, Instance, instance_status, problem_of
 from .store import LauncherStore, StoreError
 
@@ -79,6 +80,7 @@ class BatchRunner:
     _progress: Optional[Progress]
     _ttl: OfflineTtl
     _image_ttl: float
+    _pulls: Pool
 
     # --- what the launcher's worker provides
 
@@ -227,7 +229,20 @@ class BatchRunner:
         with contextlib.suppress(Exception):
             self._advance()
 
-    def _collect_garbage(self) -> None:
+    def _images_in_use(self) -> Set[str]:
+        """The images desired instances use (any thread): never evicted nor removed."""
         with self._lock:
-            in_use = {i.info.manifest_digest for i in self._instances.values()}
-        self._containers.collect_garbage(in_use, self._image_ttl)
+            return {i.info.manifest_digest for i in self._instances.values()}
+
+    def _collect_garbage(self, *, verify: bool = False) -> None:
+        for problem in self._containers.collect_garbage(self._images_in_use(), self._image_ttl, verify=verify):
+            self._sender.send(core_alert(problem))
+
+    def _sweep_image_store(self) -> None:
+        """The periodic sweep, on a pool thread: the removal policy and the layers re-verified."""
+        try:
+            self._collect_garbage(verify=True)
+        except AosError as err:
+            log.error("image store sweep: %s", err)
+        finally:
+            self._count(-1)

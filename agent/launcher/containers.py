@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Set, 
 
 from aos_sm.proto.common.v2 import common_pb2
 
-from ..errors import AosError, NotFound
+from ..errors import AosError, NotFound, NotSupported
 from ..ports import InstanceKey, MonitoredInstance
 from .blobs import BlobStore
 from .bundle import BundleSpec, CpuCapacity, build_runtime_spec
@@ -56,15 +56,21 @@ class Containers:
         resources: Optional[ResourceSource] = None,
         cpu: Optional[CpuCapacity] = None,
         secrets: Optional[InstanceSecrets] = None,
+        in_use: Callable[[], Set[str]] = set,
+        images_part_limit: Optional[float] = None,
     ) -> None:
+        """``in_use`` says which images desired instances use (never evicted for space);
+        ``images_part_limit`` caps the image store at that percent of its partition."""
         self.root = root
         self._secrets = secrets
         self.cgroup_parent = cgroup_parent
         self.runtimes = {
             runtime_id: OciRuntime(binary, root / "runtime" / kind) for runtime_id, (kind, binary) in runtimes.items()
         }
-        self.images = ImageStore(root / "images", BlobStore(root / "blobs"))
         self._store = store
+        self._in_use = in_use
+        self.images = ImageStore(root / "images", BlobStore(root / "blobs"), usage=self,
+                                 limit_percent=images_part_limit, clock=clock)
         self._stop_timeout = stop_timeout
         self._clock = clock
         self._resources: ResourceSource = resources or NoResources()
@@ -104,20 +110,32 @@ class Containers:
 
     # --- images
 
-    def pull(self, digest: str, resolver: Resolver) -> Image:
+    def pull(self, digest: str, resolver: Resolver, item_id: str = "") -> Image:
         # Instances of one image start in parallel: one pulls and unpacks, the others wait for it.
         with self._lock:
             lock = self._image_locks.setdefault(digest, threading.Lock())
         with lock:
-            return self.images.pull(digest, resolver)
+            return self.images.pull(digest, resolver, item_id)
 
-    def local_image(self, digest: str) -> Image:
+    def local_image(self, digest: str, item_id: str = "") -> Image:
         """The image if every blob is here already (after an agent restart, before any CM)."""
 
         def offline(digests: List[str]) -> List[str]:
             raise NotFound(f"{len(digests)} blobs of {digest} are not stored here")
 
-        return self.pull(digest, offline)
+        return self.pull(digest, offline, item_id)
+
+    # ImageUsage, for the image store's evictions
+
+    def images_in_use(self) -> Set[str]:
+        return self._in_use()
+
+    def image_last_used(self) -> Mapping[str, float]:
+        try:
+            return self._store.image_use()
+        except StoreError as err:
+            log.error("%s", err)
+            return {}
 
     def touch_image(self, digest: str) -> None:
         # One durable write per image per minute is plenty for a TTL counted in hours; a batch of
@@ -132,8 +150,10 @@ class Containers:
         except StoreError as err:
             log.error("%s", err)
 
-    def collect_garbage(self, in_use: Set[str], ttl: float) -> None:
-        collect_garbage(self._store, self.images, in_use, self._clock(), ttl)
+    def collect_garbage(self, in_use: Set[str], ttl: float, *, verify: bool = False) -> List[str]:
+        """Apply the removal policy (and re-verify the layers when ``verify``); the problems CM
+        should hear of."""
+        return collect_garbage(self._store, self.images, in_use, self._clock(), ttl, verify=verify)
 
     # --- containers
 
@@ -252,7 +272,7 @@ class Containers:
                 state.touch()
         ident = info.instance
         return BundleSpec(
-            rootfs=str(image.rootfs), hostname=instance.container_id,
+            rootfs=str(_single_layer_rootfs(image)), hostname=instance.container_id,
             cgroups_path="/" + self.cgroup(instance.container_id),
             uid=info.uid, gid=info.gid, env_vars=tuple((e.name, e.value) for e in info.env_vars),
             priority=info.priority, storage_path=storage, state_path=state_path,
@@ -266,6 +286,14 @@ class Containers:
                            (("storage", instance.info.storage_path), ("state", instance.info.state_path)) if path)
         return MonitoredInstance(key, instance.info.runtime_id, self.cgroup(instance.container_id),
                                  instance.info.monitoring_parameters, partitions)
+
+
+def _single_layer_rootfs(image: Image) -> Path:
+    # Stop-gap until the overlay root filesystem (the other half of issue 17) mounts
+    # ``image.layers``: a one-layer image's unpacked layer is a complete rootfs on its own.
+    if len(image.layers) != 1:
+        raise NotSupported(f"multi-layer images need the overlay rootfs: {len(image.layers)} layers")
+    return image.layers[0]
 
 
 def _write_bundle_config(path: Path, data: bytes) -> None:

@@ -1,41 +1,48 @@
-"""OCI images: manifest and config parsing, and layers unpacked into a shared rootfs.
+"""OCI images: manifest and config parsing, and the image store.
 
-An image is unpacked once per manifest digest into ``<images>/<hex>/rootfs`` and shared by every
-instance of it (bundles mount it read-only). Unpacking happens in ``rootfs.partial`` and the
-directory is renamed into place only when every layer is in and verified, so a crash mid-unpack
-leaves nothing an instance could start from.
+Layout under the store's root (``<workingDir>/launcher/images``; blobs in ``../blobs``)::
 
-Layers (OCI image-spec ``layer.md``): tar, optionally gzip-compressed; ``.wh.<name>`` deletes
-``<name>`` from the layers below, ``.wh..wh..opq`` empties its directory of what the layers below
-put there. The uncompressed tar of layer *i* must hash to ``config.rootfs.diff_ids[i]``. A member
-whose name (or hard link target) climbs out with ``..`` is refused and the whole image fails;
-symlinks met on the way are followed inside the rootfs only, as the container will see them.
+    layers/<diff id hex>/          one unpacked layer, an overlayfs lower dir (``layers.py``)
+    layers/<diff id hex>.json      its record: diff id, tree digest, bytes, when verified
+    layers/<diff id hex>.partial/  a layer being unpacked (renamed into place once verified)
+    images/<manifest hex>.json     an installed image: its item id, install time, layers
+
+A layer is unpacked once per diff id and shared by every image that has it; its packed blob is
+deleted once it is in place (INSTANCES.md "The image"). The manifest, config and item config
+blobs stay in the blob store (the image is read back from them). An image counts as installed
+once its record is written, after every layer is in, so a crash mid-pull leaves nothing an
+instance could start from.
+
+Before each download and each unpack the store reserves the bytes it is about to write
+(``space.py`` decides, evicting unused images oldest first); when they cannot be found the pull
+fails with ``noMemory`` and removes what it wrote. Removal by age and version count and the layer
+re-verification are ``gc.py``'s.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import gzip
-import hashlib
+import errno
 import json
+import logging
 import os
-import shutil
-import stat
-import tarfile
-import zlib
+import threading
+import time
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import IO, Any, Callable, Dict, List, Optional, Set, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Set, Tuple
 
-from ..errors import InvalidArgument, InvalidChecksum
+from ..errors import InvalidArgument, NoMemory, NotFound
 from .blobs import BlobStore, digest_hex
 from .itemconfig import ItemConfig, parse_item_config
+from .layers import check_layer_type, remove_tree, tree_bytes, tree_digest, unpack_layer, unpacked_size_estimate
+from .space import StoredImage, available_bytes, plan_space
+
+log = logging.getLogger(__name__)
 
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
                   "application/vnd.docker.distribution.manifest.v2+json")
-_GZIP_MAGIC = b"\x1f\x8b"
-_WHITEOUT = ".wh."
-_OPAQUE = ".wh..wh..opq"
 
 
 @dataclass(frozen=True)
@@ -125,171 +132,193 @@ def parse_image_config(data: bytes) -> ImageConfig:
     )
 
 
-# --- Unpacking -------------------------------------------------------------------------------------
-
-
-class _HashingReader:
-    """A file object that hashes what is read through it (the layer's diff id)."""
-
-    def __init__(self, source: IO[bytes]) -> None:
-        self._source = source
-        self.hasher = hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._source.read(size)
-        self.hasher.update(data)
-        return data
-
-    def drain(self) -> None:
-        for _ in iter(lambda: self.read(1 << 16), b""):
-            pass
-
-
-_MAX_SYMLINKS = 40  # as the kernel's path walk (path_resolution(7))
-
-
-def _member_parts(name: str) -> List[str]:
-    """The components of a tar member name; refuses names that climb out with ``..``."""
-    parts = [p for p in PurePosixPath(name).parts if p not in ("/", ".")]
-    if not parts or ".." in parts:
-        raise InvalidArgument(f"layer entry leaves the rootfs: {name!r}")
-    return parts
-
-
-def _resolve_directory(rootfs: Path, parts: List[str]) -> Path:
-    """The directory ``parts`` names inside ``rootfs``, following symlinks as the container will
-    see them: an absolute link is relative to the rootfs and ``..`` stops at its top, so nothing
-    is ever written outside it whatever links earlier layers planted (the rule of runc's
-    securejoin). Missing directories are created."""
-    resolved: List[str] = []
-    pending = list(parts)
-    links = 0
-    while pending:
-        part = pending.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = rootfs.joinpath(*resolved, part)
-        if candidate.is_symlink():
-            links += 1
-            if links > _MAX_SYMLINKS:
-                raise InvalidArgument(f"too many symlinks in layer path {'/'.join(parts)}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            pending = [p for p in target.split("/") if p] + pending
-            continue
-        if not candidate.exists():
-            candidate.mkdir(mode=0o755)
-        elif not candidate.is_dir():
-            raise InvalidArgument(f"not a directory in layer path {'/'.join(parts)}: {part}")
-        resolved.append(part)
-    return rootfs.joinpath(*resolved)
-
-
-def _member_path(rootfs: Path, name: str) -> Path:
-    """Where member ``name`` goes: its parent resolved inside the rootfs, then its own name."""
-    parts = _member_parts(name)
-    return _resolve_directory(rootfs, parts[:-1]) / parts[-1]
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def _extract_member(archive: tarfile.TarFile, member: tarfile.TarInfo, rootfs: Path, target: Path) -> None:
-    if target.exists() or target.is_symlink():
-        if not (member.isdir() and target.is_dir() and not target.is_symlink()):
-            _remove(target)
-    if member.isdir():
-        target.mkdir(exist_ok=True)
-    elif member.isreg():
-        source = archive.extractfile(member)
-        assert source is not None
-        with source, open(target, "xb") as out:
-            shutil.copyfileobj(source, out, 1 << 16)
-    elif member.issym():
-        os.symlink(member.linkname, target)
-    elif member.islnk():
-        link_source = _member_path(rootfs, member.linkname)
-        if not link_source.is_symlink() and not link_source.is_file():
-            raise InvalidArgument(f"hard link target missing in layer: {member.name} -> {member.linkname}")
-        os.link(link_source, target, follow_symlinks=False)
-        return
-    else:
-        # Device nodes and FIFOs: the runtime provides /dev; an image has no business creating them.
-        return
-    os.lchown(target, member.uid, member.gid)
-    if not member.issym():
-        os.chmod(target, stat.S_IMODE(member.mode))
-
-
-def unpack_layer(path: Path, rootfs: Path, diff_id: str) -> None:
-    """Apply one layer blob to ``rootfs``; raises InvalidChecksum when its diff id is wrong."""
-    with open(path, "rb") as raw:
-        compressed = raw.read(2) == _GZIP_MAGIC
-        raw.seek(0)
-        stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw  # type: ignore[assignment]
-        reader = _HashingReader(stream)
-        created: Set[Path] = set()
-        opaque: List[Path] = []
-        try:
-            with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]
-                for member in archive:
-                    target = _member_path(rootfs, member.name)
-                    name = target.name
-                    if name == _OPAQUE:
-                        opaque.append(target.parent)
-                        continue
-                    if name.startswith(_WHITEOUT):
-                        _remove(target.with_name(name[len(_WHITEOUT):]))
-                        continue
-                    _extract_member(archive, member, rootfs, target)
-                    created.add(target)
-            reader.drain()
-        except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as err:
-            raise InvalidArgument(f"not a valid tar archive: {err} (layer {path.name})") from err
-    for directory in opaque:
-        for entry in list(directory.iterdir()) if directory.is_dir() else []:
-            if entry not in created:
-                _remove(entry)
-    actual = f"sha256:{reader.hasher.hexdigest()}"
-    if actual != diff_id:
-        raise InvalidChecksum(f"diff id mismatch: layer {path.name} unpacks to {actual}, config says {diff_id}")
+# --- The store ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Image:
     manifest_digest: str
-    rootfs: Path
+    # Unpacked layer directories, bottom first (manifest order; overlayfs's lowerdir lists them top
+    # first). A directory repeats where the manifest repeats a diff id.
+    layers: Tuple[Path, ...]
     config: ImageConfig
-    blobs: Tuple[str, ...]  # every blob digest the image uses (manifest, config, layers, item config)
+    blobs: Tuple[str, ...]  # the blobs the image keeps: manifest, config, item config
     item_config: ItemConfig = ItemConfig()  # the defaults when the manifest names none
 
 
 Resolver = Callable[[List[str]], List[str]]
 
 
-class ImageStore:
-    """Images by manifest digest: pulled through ``resolver`` (digests -> URLs, GetBlobsInfos)."""
+class ImageUsage(Protocol):
+    """What eviction needs to know from the launcher."""
 
-    def __init__(self, root: Path, blobs: BlobStore) -> None:
+    def images_in_use(self) -> Set[str]: ...
+
+    def image_last_used(self) -> Mapping[str, float]: ...
+
+
+class _Unused:
+    def images_in_use(self) -> Set[str]:
+        return set()
+
+    def image_last_used(self) -> Mapping[str, float]:
+        return {}
+
+
+_UNKNOWN_BLOB_BYTES = 1 << 20  # a manifest's size is not in any descriptor: reserve this much
+
+
+def _write_json(path: Path, value: Dict[str, Any]) -> None:
+    temporary = path.with_name(path.name + ".new")
+    with open(temporary, "w") as out:
+        json.dump(value, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def _space_errors(what: str) -> Iterator[None]:
+    """ENOSPC while writing (the estimate was short, or something else filled the disk) is the
+    same ``noMemory`` as a reservation that failed."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise NoMemory(f"not enough space: disk full writing {what}") from err
+
+
+class ImageStore:
+    """Images by manifest digest: pulled through ``resolver`` (digests -> URLs, GetBlobsInfos).
+
+    ``usage`` says which images instances use and when each was last used (eviction order);
+    ``limit_percent`` caps the store's share of its partition (``imagesPartLimit``)."""
+
+    def __init__(self, root: Path, blobs: BlobStore, *, usage: Optional[ImageUsage] = None,
+                 limit_percent: Optional[float] = None, clock: Callable[[], float] = time.time) -> None:
         self.root = root
         self.blobs = blobs
-        root.mkdir(parents=True, exist_ok=True)
+        self._usage: ImageUsage = usage or _Unused()
+        self._limit_percent = limit_percent
+        self._clock = clock
+        for directory in (root / "layers", root / "images"):
+            directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # reservations, evictions, pins, removals
+        self._reserved = 0
+        self._pins: "collections.Counter[str]" = collections.Counter()  # diff ids and blob digests of pulls under way
+        self._layer_locks: Dict[str, threading.Lock] = {}
 
-    def directory(self, manifest_digest: str) -> Path:
-        return self.root / digest_hex(manifest_digest)
+    # --- naming and records
+
+    def layer_dir(self, diff_id: str) -> Path:
+        return self.root / "layers" / digest_hex(diff_id)
+
+    def _layer_record(self, diff_id: str) -> Path:
+        return self.root / "layers" / f"{digest_hex(diff_id)}.json"
+
+    def _image_record(self, manifest_digest: str) -> Path:
+        return self.root / "images" / f"{digest_hex(manifest_digest)}.json"
+
+    def has_layer(self, diff_id: str) -> bool:
+        return self.layer_dir(diff_id).is_dir() and self._layer_record(diff_id).is_file()
 
     def installed(self) -> List[str]:
-        return sorted(f"sha256:{d.name}" for d in self.root.iterdir() if (d / "rootfs").is_dir())
+        return sorted(f"sha256:{p.stem}" for p in (self.root / "images").glob("*.json"))
+
+    def layers(self) -> List[str]:
+        """Diff ids of the unpacked layers."""
+        return sorted(f"sha256:{p.name}" for p in (self.root / "layers").iterdir()
+                      if p.is_dir() and not p.name.endswith(".partial"))
+
+    def layer_info(self, diff_id: str) -> Dict[str, Any]:
+        try:
+            value = json.loads(self._layer_record(diff_id).read_text())
+        except (OSError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def image_info(self, manifest_digest: str) -> Dict[str, Any]:
+        try:
+            value = json.loads(self._image_record(manifest_digest).read_text())
+        except (OSError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def stored_images(self) -> List[StoredImage]:
+        images = []
+        last_used = self._usage.image_last_used()
+        for digest in self.installed():
+            info = self.image_info(digest)
+            blobs = [d for d in info.get("blobs", []) if isinstance(d, str)]
+            own = 0
+            for blob in blobs:
+                with contextlib.suppress(OSError, InvalidArgument):
+                    own += self.blobs.path(blob).stat().st_size
+            images.append(StoredImage(
+                digest=digest, item_id=str(info.get("itemId", "")), installed=float(info.get("installed", 0.0)),
+                last_used=last_used.get(digest),
+                layers=frozenset(str(layer) for layer in info.get("layers", [])), own_bytes=own))
+        return images
+
+    def pinned(self) -> Set[str]:
+        with self._lock:
+            return {key for key, count in self._pins.items() if count > 0}
+
+    @contextlib.contextmanager
+    def _pinning(self, keys: List[str]) -> Iterator[None]:
+        with self._lock:
+            self._pins.update(keys)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pins.subtract(keys)
+                for key in keys:
+                    if self._pins[key] <= 0:
+                        del self._pins[key]
+
+    # --- space
+
+    def store_bytes(self) -> int:
+        total = sum(int(self.layer_info(d).get("bytes", 0)) for d in self.layers())
+        for directory in (self.blobs.root / "sha256", self.blobs.root / "partial"):
+            for path in directory.iterdir():
+                with contextlib.suppress(OSError):
+                    total += path.stat().st_blocks * 512
+        return total
+
+    @contextlib.contextmanager
+    def reserve(self, needed: int, what: str) -> Iterator[None]:
+        """Hold ``needed`` bytes of the image partition for the block; evicts unused images if
+        that makes them fit, else raises NoMemory naming ``what``."""
+        with self._lock:
+            self._make_room(needed, what)
+            self._reserved += needed
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserved -= needed
+
+    def _make_room(self, needed: int, what: str) -> None:
+        fs = os.statvfs(self.root)
+        store_used = self.store_bytes() if self._limit_percent is not None else 0
+        available = available_bytes(fs.f_bavail * fs.f_frsize, self._reserved, fs.f_blocks * fs.f_frsize,
+                                    store_used, self._limit_percent)
+        if needed <= available:
+            return
+        images = self.stored_images()
+        layer_bytes = {d: int(self.layer_info(d).get("bytes", 0)) for d in self.layers()}
+        pins = {key for key, count in self._pins.items() if count > 0}
+        plan = plan_space(needed, available, images, layer_bytes, self._usage.images_in_use(), pins)
+        if not plan.fits:
+            raise NoMemory(f"not enough space: {what} needs {needed} B, {plan.short} B short")
+        for digest in plan.evict:
+            log.info("image %s evicted for space (%s needs %d bytes)", digest, what, needed)
+            self._remove_locked(digest)
+
+    # --- pulling
 
     def _fetch(self, resolver: Resolver, descriptors: List[Descriptor]) -> None:
         missing = [d for d in descriptors if not self.blobs.has(d.digest)]
@@ -297,38 +326,163 @@ class ImageStore:
             return
         urls = resolver([d.digest for d in missing])
         for descriptor, url in zip(missing, urls):
+            self._download(descriptor, url)
+
+    def _download(self, descriptor: Descriptor, url: str) -> None:
+        size = descriptor.size if descriptor.size is not None else _UNKNOWN_BLOB_BYTES
+        what = f"blob {digest_hex(descriptor.digest)[:12]}"
+        with self.reserve(size, what), _space_errors(what):
             self.blobs.fetch(descriptor.digest, url, descriptor.size)
 
-    def pull(self, manifest_digest: str, resolver: Resolver) -> Image:
-        """The image, from the store or pulled, verified and unpacked now."""
-        self._fetch(resolver, [Descriptor("", manifest_digest, None)])
-        manifest = parse_manifest(self.blobs.path(manifest_digest).read_bytes())
-        extras = [manifest.config] + ([manifest.item_config] if manifest.item_config else [])
-        self._fetch(resolver, extras)
-        config = parse_image_config(self.blobs.path(manifest.config.digest).read_bytes())
-        item_config = ItemConfig()
-        if manifest.item_config is not None:
-            item_config = parse_item_config(self.blobs.path(manifest.item_config.digest).read_bytes())
-        if len(config.diff_ids) != len(manifest.layers):
-            raise InvalidArgument(
-                f"image {manifest_digest}: {len(manifest.layers)} layers but {len(config.diff_ids)} diff ids"
-            )
-        blobs = (manifest_digest, *(d.digest for d in extras), *(d.digest for d in manifest.layers))
-        directory = self.directory(manifest_digest)
-        rootfs = directory / "rootfs"
-        if not rootfs.is_dir():
-            self._fetch(resolver, list(manifest.layers))
-            partial = directory / "rootfs.partial"
-            _remove(partial)
-            partial.mkdir(parents=True)
-            try:
-                for layer, diff_id in zip(manifest.layers, config.diff_ids):
-                    unpack_layer(self.blobs.path(layer.digest), partial, diff_id)
-            except BaseException:
-                _remove(partial)
-                raise
-            os.replace(partial, rootfs)
-        return Image(manifest_digest, rootfs, config, blobs, item_config)
+    def pull(self, manifest_digest: str, resolver: Resolver, item_id: str = "") -> Image:
+        """The image, from the store or pulled, verified and unpacked now. ``item_id`` is recorded
+        for the removal policy (versions per item)."""
+        with self._pinning([manifest_digest]):
+            self._fetch(resolver, [Descriptor("", manifest_digest, None)])
+            manifest = parse_manifest(self.blobs.path(manifest_digest).read_bytes())
+            for index, layer in enumerate(manifest.layers):
+                check_layer_type(layer.media_type, index)
+            extras = [manifest.config] + ([manifest.item_config] if manifest.item_config else [])
+            kept = [manifest_digest, *(d.digest for d in extras)]
+            return self._pull_pinned(manifest_digest, manifest, extras, kept, resolver, item_id)
+
+    def _pull_pinned(self, manifest_digest: str, manifest: Manifest, extras: List[Descriptor], kept: List[str],
+                     resolver: Resolver, item_id: str) -> Image:
+        with self._pinning(kept):
+            self._fetch(resolver, extras)
+            config = parse_image_config(self.blobs.path(manifest.config.digest).read_bytes())
+            item_config = ItemConfig()
+            if manifest.item_config is not None:
+                item_config = parse_item_config(self.blobs.path(manifest.item_config.digest).read_bytes())
+            if len(config.diff_ids) != len(manifest.layers):
+                raise InvalidArgument(
+                    f"image {manifest_digest}: {len(manifest.layers)} layers but {len(config.diff_ids)} diff ids")
+            for diff_id in config.diff_ids:
+                digest_hex(diff_id)
+            with self._pinning(list(config.diff_ids) + [d.digest for d in manifest.layers]):
+                if not all(self.has_layer(diff_id) for diff_id in config.diff_ids) \
+                        or not self._image_record(manifest_digest).is_file():
+                    self._install(manifest_digest, manifest, config, resolver, item_id, kept)
+        return Image(manifest_digest, tuple(self.layer_dir(d) for d in config.diff_ids), config, tuple(kept),
+                     item_config)
+
+    def _install(self, manifest_digest: str, manifest: Manifest, config: ImageConfig, resolver: Resolver,
+                 item_id: str, kept: List[str]) -> None:
+        # A diff id can repeat (builders emit the same empty layer several times): unpacked once.
+        wanted = list({diff_id: (layer, diff_id) for layer, diff_id in zip(manifest.layers, config.diff_ids)
+                       if not self.has_layer(diff_id)}.values())
+        fetched: List[str] = []
+        try:
+            missing = [layer for layer, _ in wanted if not self.blobs.has(layer.digest)]
+            urls = dict(zip((d.digest for d in missing), resolver([d.digest for d in missing]))) if missing else {}
+            for layer, diff_id in wanted:
+                if layer.digest in urls:
+                    self._download(layer, urls[layer.digest])
+                    fetched.append(layer.digest)
+                self._unpack(layer, diff_id)
+        except BaseException:
+            # Nothing half-done stays: blobs this pull downloaded for layers it could not unpack.
+            for digest in fetched:
+                self.blobs.remove(digest)
+            raise
+        _write_json(self._image_record(manifest_digest), {
+            "layers": list(config.diff_ids), "itemId": item_id, "installed": self._clock(), "blobs": kept})
+
+    def _unpack(self, layer: Descriptor, diff_id: str) -> None:
+        with self._lock:
+            lock = self._layer_locks.setdefault(diff_id, threading.Lock())
+        with lock:
+            if self.has_layer(diff_id):
+                self.blobs.remove(layer.digest)
+                return
+            blob = self.blobs.path(layer.digest)
+            what = f"layer {digest_hex(diff_id)[:12]}"
+            target = self.layer_dir(diff_id)
+            partial = target.with_name(target.name + ".partial")
+            with self.reserve(unpacked_size_estimate(blob), what):
+                try:
+                    with _space_errors(what):
+                        remove_tree(partial)
+                        remove_tree(target)
+                        partial.mkdir()
+                        unpack_layer(blob, partial, diff_id)
+                        _write_json(self._layer_record(diff_id), {
+                            "diffId": diff_id, "tree": tree_digest(partial), "bytes": tree_bytes(partial),
+                            "verified": self._clock()})
+                        os.replace(partial, target)
+                except BaseException:
+                    remove_tree(partial)
+                    raise
+            self.blobs.remove(layer.digest)
+
+    # --- removal
 
     def remove(self, manifest_digest: str) -> None:
-        _remove(self.directory(manifest_digest))
+        """Forget the image; its blobs and the layers no other image (nor a pull under way) uses
+        go with it."""
+        with self._lock:
+            self._remove_locked(manifest_digest)
+
+    def _remove_locked(self, manifest_digest: str) -> None:
+        info = self.image_info(manifest_digest)
+        with contextlib.suppress(FileNotFoundError):
+            self._image_record(manifest_digest).unlink()
+        others = self.stored_images()
+        used_layers = set().union(*(image.layers for image in others)) if others else set()
+        used_blobs: Set[str] = set()
+        for digest in self.installed():
+            used_blobs.update(str(d) for d in self.image_info(digest).get("blobs", []))
+        pins = {key for key, count in self._pins.items() if count > 0}
+        for diff_id in info.get("layers", []):
+            if diff_id not in used_layers and diff_id not in pins:
+                self._remove_layer_locked(str(diff_id))
+        for blob in info.get("blobs", [manifest_digest]):
+            if blob not in used_blobs and blob not in pins:
+                with contextlib.suppress(InvalidArgument):
+                    self.blobs.remove(str(blob))
+
+    def _remove_layer_locked(self, diff_id: str) -> None:
+        # The record goes last: a layer directory without one is not "had" and is unpacked again.
+        target = self.layer_dir(diff_id)
+        with contextlib.suppress(FileNotFoundError):
+            self._layer_record(diff_id).unlink()
+        remove_tree(target)
+
+    def remove_layer(self, diff_id: str) -> None:
+        with self._lock:
+            if self._pins.get(diff_id, 0) <= 0:
+                self._remove_layer_locked(diff_id)
+
+    def verify_layer(self, diff_id: str) -> Optional[str]:
+        """None when the unpacked layer still hashes to its record, else what is wrong."""
+        recorded = self.layer_info(diff_id).get("tree")
+        if not isinstance(recorded, str):
+            return "no verification record"
+        try:
+            actual = tree_digest(self.layer_dir(diff_id))
+        except OSError as err:
+            return f"unreadable: {err}"
+        if actual != recorded:
+            return f"tree digest {actual} differs from the one recorded at install, {recorded}"
+        return None
+
+    def leftovers(self) -> List[Path]:
+        """What no image or layer owns: partial layers, records without a directory, directories
+        without a record, anything from an older layout; except what a pull under way uses."""
+        pins = self.pinned()
+        found: List[Path] = []
+        for path in self.root.iterdir():
+            if path.name not in ("layers", "images"):
+                found.append(path)
+        found += (self.root / "images").glob("*.new")  # a record write the agent died in
+        for path in (self.root / "layers").iterdir():
+            stem = path.name.split(".", 1)[0]
+            if f"sha256:{stem}" in pins:
+                continue
+            if path.name.endswith(".partial") or path.name.endswith(".new"):
+                found.append(path)
+            elif path.suffix == ".json" and not (path.parent / stem).is_dir():
+                found.append(path)
+            elif path.is_dir() and not (path.parent / f"{stem}.json").is_file():
+                found.append(path)
+        return found

@@ -72,7 +72,9 @@ class Launcher(BatchRunner):
         resolver: Resolver,
         monitor: InstanceMonitorPort,
         cgroup_parent: str = "aos-sm",
-        image_ttl: float = 24 * 3600.0,
+        image_ttl: float = 30 * 24 * 3600.0,
+        images_part_limit: Optional[float] = None,
+        sweep_period: float = 24 * 3600.0,
         stop_timeout: float = 10.0,
         parallel: int = 8,
         policy_of: PolicyOf = policy_from_item_config,
@@ -88,19 +90,25 @@ class Launcher(BatchRunner):
         every phase an instance enters (benchmarks); ``resources`` grants the item configs'
         resources (none without it); ``cpu`` is the node capacity a ``cpuDMIPSLimit`` is computed
         from (such items fail without it); ``secrets`` registers the instances whose item config
-        has ``permissions`` with IAM and gives them ``AOS_SECRET`` (none without it)."""
+        has ``permissions`` with IAM and gives them ``AOS_SECRET`` (none without it). ``image_ttl``
+        is ``updateItemTTL``; ``images_part_limit`` caps the image store at that percent of its
+        partition; every ``sweep_period`` the image store is swept and its layers re-verified
+        (``gc.py``)."""
         self._sender = sender
         root = working_dir / "launcher"
         root.mkdir(parents=True, exist_ok=True)
         self._monitor = monitor
         self._image_ttl = image_ttl
+        self._sweep_period = sweep_period
+        self._next_sweep = monotonic() + sweep_period
         self._observer = observer
         self._clock = clock
         self._monotonic = monotonic
         self._store = LauncherStore(root / "launcher.db")
         self._containers = Containers(root=root, runtimes=runtimes, store=self._store,
                                       cgroup_parent=cgroup_parent.strip("/"), stop_timeout=stop_timeout,
-                                      clock=clock, resources=resources, cpu=cpu, secrets=secrets)
+                                      clock=clock, resources=resources, cpu=cpu, in_use=self._images_in_use,
+                                      images_part_limit=images_part_limit, secrets=secrets)
         self._tasks = Tasks(containers=self._containers, store=self._store, sender=sender, resolver=resolver,
                             policy_of=policy_of, monotonic=monotonic, post=self._post, on_exit=self._enqueue)
         # Two pools: downloads may hang for minutes on a bad network, and must never hold up the
@@ -224,7 +232,12 @@ class Launcher(BatchRunner):
 
     def _work(self) -> None:
         while True:
-            job = self._jobs.get()
+            try:
+                job = self._jobs.get(timeout=max(0.0, self._next_sweep - self._monotonic()))
+            except queue.Empty:
+                self._next_sweep = self._monotonic() + self._sweep_period
+                self._enqueue("sweep")
+                continue
             if job is None:
                 return
             try:
@@ -257,6 +270,10 @@ class Launcher(BatchRunner):
                 self._guarded(key, StopRequested(forget=True))
         elif job == "gc":
             self._collect_garbage()
+        elif job == "sweep":
+            # Re-hashing every layer takes a while: on a pool thread, never holding up the worker.
+            self._count(+1)
+            self._pulls.submit(self._sweep_image_store)
         # "ttl": the check after every job does it.
 
     def _feed(self, key: InstanceKey, event: Event) -> None:

@@ -114,7 +114,8 @@ class Tasks:
     def pull(self, key: InstanceKey, instance: Instance, run: int) -> None:
         try:
             self._containers.runtime(instance)  # no pull for an instance this node cannot run
-            image = self._containers.pull(instance.info.manifest_digest, self._resolver)
+            image = self._containers.pull(instance.info.manifest_digest, self._resolver,
+                                          instance.info.instance.item_id)
             policy = self._policy_of(image)
             instance.image = image
             self._post(key, ImageReady(run, policy))
@@ -125,7 +126,8 @@ class Tasks:
     def create(self, key: InstanceKey, instance: Instance, run: int) -> None:
         with instance.lock:
             try:
-                image = instance.image or self._containers.pull(instance.info.manifest_digest, self._resolver)
+                image = instance.image or self._containers.pull(instance.info.manifest_digest, self._resolver,
+                                                                instance.info.instance.item_id)
                 reader, pid = self._containers.create(instance, image)
             except Exception as err:
                 log.warning("instance %s failed to start: %s", key, err)
@@ -188,7 +190,8 @@ class Tasks:
     def local_policy(self, instance: Instance) -> RunPolicy:
         """The run policy of an instance whose image is already here (no download after a restart)."""
         try:
-            instance.image = self._containers.local_image(instance.info.manifest_digest)
+            instance.image = self._containers.local_image(instance.info.manifest_digest,
+                                                          instance.info.instance.item_id)
             return self._policy_of(instance.image)
         except Exception as err:
             log.info("instance %s: no usable local image (%s): the default run policy until pulled",

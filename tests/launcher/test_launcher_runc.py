@@ -125,7 +125,7 @@ def test_a_tampered_layer_fails_with_invalid_checksum_and_leaves_nothing(
     store = tmp_path / "work" / "launcher"
     assert not (store / "blobs" / "sha256" / layer_digest.split(":")[1]).exists()
     assert list((store / "blobs" / "partial").iterdir()) == []
-    assert list((store / "images").iterdir()) == []
+    assert sorted((store / "images").rglob("*")) == [store / "images" / "images", store / "images" / "layers"]
     # The failed instance stays listed until CM stops it.
     assert [s.state for s in sender.of_kind("node_instances_status")[-1].instances] == ["failed"]
 
@@ -259,12 +259,14 @@ def test_with_image_ttl_zero_a_stopped_instances_image_and_blobs_are_removed(
     launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[request]))
     sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
     store = tmp_path / "work" / "launcher"
-    assert len(list((store / "images").iterdir())) == 1  # in use: kept whatever the TTL
-    assert len(list((store / "blobs" / "sha256").iterdir())) == 3
+    assert len(list((store / "images" / "images").iterdir())) == 1  # in use: kept whatever the TTL
+    assert len(list((store / "images" / "layers").iterdir())) == 2  # the layer and its record
+    assert len(list((store / "blobs" / "sha256").iterdir())) == 2  # manifest, config: the layer blob is gone
     launcher.update_instances(sm_pb2.UpdateInstances(stop_instances=[request.instance]))
     sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 2)
     assert launcher.wait_idle()  # collection runs after the batch's reply
-    assert list((store / "images").iterdir()) == []
+    assert list((store / "images" / "images").iterdir()) == []
+    assert list((store / "images" / "layers").iterdir()) == []
     assert list((store / "blobs" / "sha256").iterdir()) == []
 
 

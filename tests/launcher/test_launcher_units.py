@@ -8,6 +8,7 @@ import http.server
 import io
 import os
 import sqlite3
+import stat
 import tarfile
 import threading
 from datetime import datetime, timedelta, timezone
@@ -22,7 +23,8 @@ from aos_sm.agent.errors import InvalidArgument, InvalidChecksum
 from aos_sm.agent.launcher.blobs import BlobStore
 from aos_sm.agent.launcher.bundle import BundleSpec, build_runtime_spec
 from aos_sm.agent.launcher.gc import collect_garbage
-from aos_sm.agent.launcher.image import ImageConfig, ImageStore, unpack_layer
+from aos_sm.agent.launcher.image import ImageConfig, ImageStore
+from aos_sm.agent.launcher.layers import OPAQUE_XATTR, unpack_layer
 from aos_sm.agent.launcher.plan import info_fingerprint, plan_update
 from aos_sm.agent.launcher.store import LauncherStore
 from aos_sm.agent.ports import CrashRecord, InstanceKey
@@ -105,29 +107,34 @@ def _apply(tmp_path: Path, rootfs: Path, layer: bytes, compress: bool = True) ->
     unpack_layer(blob, rootfs, sha256(layer))
 
 
-def test_layers_honour_whiteouts_and_opaque_directories(tmp_path: Path) -> None:
-    rootfs = tmp_path / "rootfs"
-    rootfs.mkdir()
-    _apply(tmp_path, rootfs, _tar(
-        [_entry("etc", tarfile.DIRTYPE, mode=0o755), _entry("etc/a"), _entry("etc/b"),
-         _entry("opt", tarfile.DIRTYPE, mode=0o755), _entry("opt/old"), _entry("etc/link", tarfile.SYMTYPE, "a")],
-        {"etc/a": b"A", "etc/b": b"B", "opt/old": b"old"}))
-    _apply(tmp_path, rootfs, _tar(
-        [_entry("etc/.wh.b"), _entry("opt/.wh..wh..opq"), _entry("opt/new"), _entry("etc/hard", tarfile.LNKTYPE, "etc/a")],
-        {"opt/new": b"new"}), compress=False)
-    assert sorted(p.name for p in (rootfs / "etc").iterdir()) == ["a", "hard", "link"]
-    assert [p.name for p in (rootfs / "opt").iterdir()] == ["new"]
-    assert (rootfs / "etc/hard").read_bytes() == b"A" and os.readlink(rootfs / "etc/link") == "a"
+@pytest.mark.skipif(os.geteuid() != 0, reason="overlay whiteouts need CAP_MKNOD and trusted.* xattrs CAP_SYS_ADMIN")
+def test_a_layer_unpacks_into_overlay_form_with_whiteouts_and_opaque_directories(tmp_path: Path) -> None:
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    _apply(tmp_path, layer, _tar(
+        [_entry("etc", tarfile.DIRTYPE, mode=0o755), _entry("etc/a"), _entry("etc/.wh.b"), _entry("gone/.wh.x"),
+         _entry("opt", tarfile.DIRTYPE, mode=0o755), _entry("opt/.wh..wh..opq"), _entry("opt/new"),
+         _entry("etc/hard", tarfile.LNKTYPE, "etc/a"), _entry("etc/link", tarfile.SYMTYPE, "a")],
+        {"etc/a": b"A", "opt/new": b"new"}), compress=False)
+    for whiteout in (layer / "etc/b", layer / "gone/x"):
+        info = os.lstat(whiteout)
+        assert stat.S_ISCHR(info.st_mode) and info.st_rdev == os.makedev(0, 0), whiteout
+    assert sorted(p.name for p in (layer / "etc").iterdir()) == ["a", "b", "hard", "link"]
+    assert os.getxattr(layer / "opt", OPAQUE_XATTR) == b"y"
+    assert [p.name for p in (layer / "opt").iterdir()] == ["new"]  # the marker itself is not a file
+    with pytest.raises(OSError):
+        os.getxattr(layer / "etc", OPAQUE_XATTR)
+    assert (layer / "etc/hard").read_bytes() == b"A" and os.readlink(layer / "etc/link") == "a"
 
 
-def test_symlinks_in_paths_are_followed_inside_the_rootfs_only(tmp_path: Path) -> None:
-    rootfs = tmp_path / "rootfs"
-    rootfs.mkdir()
-    # Merged-/usr images: /lib -> /usr/lib (absolute), later layers write through it.
-    _apply(tmp_path, rootfs, _tar([_entry("lib", tarfile.SYMTYPE, "/usr/lib"), _entry("up", tarfile.SYMTYPE, "../../..")]))
-    _apply(tmp_path, rootfs, _tar([_entry("lib/libc.so"), _entry("up/escape")], {"lib/libc.so": b"c"}))
-    assert (rootfs / "usr/lib/libc.so").read_bytes() == b"c"
-    assert (rootfs / "escape").exists() and not (tmp_path / "escape").exists()
+def test_symlinks_in_paths_are_followed_inside_the_layer_only(tmp_path: Path) -> None:
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    # Merged-/usr images: /lib -> /usr/lib (absolute); entries after it write through it.
+    _apply(tmp_path, layer, _tar([_entry("lib", tarfile.SYMTYPE, "/usr/lib"), _entry("up", tarfile.SYMTYPE, "../../.."),
+                                  _entry("lib/libc.so"), _entry("up/escape")], {"lib/libc.so": b"c"}))
+    assert (layer / "usr/lib/libc.so").read_bytes() == b"c"
+    assert (layer / "escape").exists() and not (tmp_path / "escape").exists()
 
 
 @pytest.mark.parametrize("entries", [
@@ -196,11 +203,13 @@ def test_image_pull_unpacks_once_and_gc_removes_unused_images_after_the_ttl(tmp_
         asked.append(digests)
         return [(served / d.split(":")[1]).as_uri() for d in digests]
 
-    images = ImageStore(tmp_path / "images", BlobStore(tmp_path / "blobs"))
+    images = ImageStore(tmp_path / "images", BlobStore(tmp_path / "blobs"), clock=lambda: 900.0)
     pulled = images.pull(image.manifest_digest, resolve)
-    assert (pulled.rootfs / "bin/app").read_bytes() == b"#!" and pulled.config.cmd == ("/bin/app",)
-    assert images.pull(image.manifest_digest, resolve).rootfs == pulled.rootfs
+    (layer_dir,) = pulled.layers
+    assert (layer_dir / "bin/app").read_bytes() == b"#!" and pulled.config.cmd == ("/bin/app",)
+    assert images.pull(image.manifest_digest, resolve).layers == pulled.layers
     assert len(asked) == 3  # manifest, config, layers; nothing the second time
+    assert image.layer_digests[0] not in images.blobs.digests()  # the packed layer went once unpacked
 
     store = LauncherStore(tmp_path / "launcher.db")
     store.touch_image(image.manifest_digest, 1000.0)
@@ -209,7 +218,8 @@ def test_image_pull_unpacks_once_and_gc_removes_unused_images_after_the_ttl(tmp_
     collect_garbage(store, images, set(), 1059.0, ttl=60)
     assert images.installed() == [image.manifest_digest]  # unused, but not for long enough
     collect_garbage(store, images, set(), 1060.0, ttl=60)
-    assert images.installed() == [] and images.blobs.digests() == []
+    assert images.installed() == [] and images.blobs.digests() == [] and images.layers() == []
+    assert list((tmp_path / "images" / "layers").iterdir()) == []
 
 
 # --- store

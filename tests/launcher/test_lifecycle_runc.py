@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import threading
@@ -151,6 +152,10 @@ class HangingServer:
             self._held.append(connection)
 
     def close(self) -> None:
+        # shutdown() first: close() alone does not wake the thread blocked in accept(), which
+        # would then take the downloader's retries in and hang them too.
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
         self._socket.close()
         for connection in self._held:
             connection.close()

@@ -171,3 +171,40 @@ def test_a_batch_that_breaks_before_its_plan_still_gives_every_instance_a_status
         assert "planner bug" in sender.of_kind("alert")[0].core_alert.message
     finally:
         launcher.stop()
+
+
+def test_the_periodic_sweep_drops_an_image_whose_layer_was_corrupted_on_disk(tmp_path: Path) -> None:
+    import io
+    import tarfile
+    import time
+
+    from oci_fixture import build_image
+
+    from aos_sm.agent.launcher.blobs import BlobStore
+    from aos_sm.agent.launcher.image import ImageStore
+
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as archive:
+        entry = tarfile.TarInfo("hello")
+        entry.size = 2
+        archive.addfile(entry, io.BytesIO(b"hi"))
+    image = build_image([layer.getvalue()], entrypoint=["/hello"])
+    served = tmp_path / "served"
+    served.mkdir()
+    for digest, blob in image.blobs.items():
+        (served / digest.split(":")[1]).write_bytes(blob)
+    root = tmp_path / "work" / "launcher"
+    store = ImageStore(root / "images", BlobStore(root / "blobs"))
+    (layer_dir,) = store.pull(image.manifest_digest, lambda ds: [(served / d.split(":")[1]).as_uri() for d in ds]).layers
+    (layer_dir / "hello").write_bytes(b"ho")  # bit rot on the image partition
+    sender = RecordingSender()
+    launcher = Launcher(sender=sender, working_dir=tmp_path / "work", runtimes={}, resolver=lambda ds: [],
+                        monitor=NullMonitor(), cgroup_parent="aos-sm-runner-unit", sweep_period=0.2)
+    launcher.start()
+    try:
+        deadline = time.monotonic() + 10
+        while store.installed() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.installed() == [] and not layer_dir.exists()
+    finally:
+        launcher.stop()

@@ -74,7 +74,8 @@ STATUS_CODES: Dict[str, int] = {
 _T, _O, _C = Problem.TRANSIENT, Problem.OVERLOAD, Problem.CONFIGURATION
 _B, _CAP = Pace.BACKOFF, Pace.CAP
 _CHECK_CM = "check cmServerURL points at a CM serving servicemanager.v5"
-_CHECK_CERTS = "check certFile, keyFile and caCert, and that CM knows this node"
+# Both credential sources: files (certFile/keyFile) or, with iamPublicServerURL, IAM's certStorage.
+_CHECK_CERTS = "check the client certificate (certFile/keyFile, or IAM's certStorage), caCert, and that CM knows this node"
 
 # code -> (pace, problem, summary, hint)
 _POLICY: Dict[str, Tuple[Pace, Problem, str, str]] = {

@@ -154,6 +154,9 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         image_ttl=config.image_ttl,
         resources=HostResources(config.resources_config_file, root),
         cpu=CpuCapacity.of_node(capacity),
+        storage_dir=config.storage_dir,
+        state_dir=config.state_dir,
+        host_dirs=config.rootfs_host_dirs,
     )
     cloud = CloudConnection()
     # The offline TTL clock runs on the cloud status CM relays.

@@ -50,6 +50,9 @@ _KNOWN: Dict[str, Any] = {
     "runtimes": None,
     "journalalerts": {"filter": None, "systemalertpriority": None, "servicealertpriority": None},
     "imagettl": None,
+    "storagedir": None,
+    "statedir": None,
+    "rootfshostdirs": None,
     "architecture": None,
     "architecturevariant": None,
     "osversion": None,
@@ -123,6 +126,10 @@ class AgentConfig:
     architecture_variant: Optional[str] = None
     os_version: Optional[str] = None  # os_info.version as configured; else the kernel release
     image_ttl: float = 24 * 3600.0
+    storage_dir: Path = Path("/var/aos/servicemanager/storages")
+    state_dir: Path = Path("/var/aos/servicemanager/states")
+    # The host's top-level entries every instance sees under its image (agent/launcher/rootfs.py).
+    rootfs_host_dirs: Tuple[str, ...] = ("bin", "sbin", "lib", "lib64", "usr")
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     warnings: Tuple[str, ...] = ()
 
@@ -334,6 +341,17 @@ def _uplink_interfaces(reader: _Reader) -> Optional[Tuple[str, ...]]:
     return tuple(v.strip() for v in value)
 
 
+def _rootfs_host_dirs(reader: _Reader) -> Tuple[str, ...]:
+    key = "rootfsHostDirs"
+    value = reader.get(key)
+    if value is None:
+        return AgentConfig.rootfs_host_dirs
+    if not isinstance(value, list) or not all(
+            isinstance(v, str) and v and v not in (".", "..") and "/" not in v and "\0" not in v for v in value):
+        raise ConfigError(key, f"expected a list of top-level names such as \"usr\", got {json.dumps(value)[:80]}")
+    return tuple(dict.fromkeys(value))
+
+
 def parse_config(text: str) -> AgentConfig:
     """Parse the JSON text of a config file; raises ConfigError naming the bad key. Pure: reads
     nothing but ``text``."""
@@ -397,6 +415,9 @@ def parse_config(text: str) -> AgentConfig:
         architecture_variant=_variant(reader),
         os_version=_bounded(reader, "osVersion", MAX_OS_VERSION_CHARS),
         image_ttl=reader.seconds("imageTTL", 24 * 3600.0, positive=False),
+        storage_dir=reader.path("storageDir") or working_dir / "storages",
+        state_dir=reader.path("stateDir") or working_dir / "states",
+        rootfs_host_dirs=_rootfs_host_dirs(reader),
         raw=data,
         warnings=tuple(warnings),
     )

@@ -272,6 +272,8 @@ class Image:
     config: ImageConfig
     blobs: Tuple[str, ...]  # every blob digest the image uses (manifest, config, layers, item config)
     item_config: ItemConfig = ItemConfig()  # the defaults when the manifest names none
+    # Overlay lower directories, bottom first (OCI order); () means the one merged ``rootfs``.
+    layers: Tuple[Path, ...] = ()
 
 
 Resolver = Callable[[List[str]], List[str]]
@@ -328,7 +330,7 @@ class ImageStore:
                 _remove(partial)
                 raise
             os.replace(partial, rootfs)
-        return Image(manifest_digest, rootfs, config, blobs, item_config)
+        return Image(manifest_digest, rootfs, config, blobs, item_config, layers=(rootfs,))
 
     def remove(self, manifest_digest: str) -> None:
         _remove(self.directory(manifest_digest))

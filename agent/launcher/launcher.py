@@ -43,7 +43,7 @@ from ..messages import core_alert
 from ..ports import CrashRecord, InstanceKey, InstanceLogFile, InstanceMonitorPort, Sender
 from .batches import Batch, BatchRunner, Cloud, Job, Post
 from .bundle import CpuCapacity
-from .containers import Containers
+from .containers import Containers, EtcFilesSource
 from .image import Resolver
 from .lifecycle import (Adopted, CancelTimer, Create, Effect, Event, Exited, Faulted, Forget, Halt, Ignored,
                         ImageReady, InstanceLife, LifecycleError, Phase, Pull, Reap, Report, StartTimer,
@@ -52,6 +52,7 @@ from .output import exit_status, set_subreaper
 from .tasks import OfflineTtl, PolicyOf, Pool, Tasks, policy_from_item_config
 from .records import Exit, Instance, problem_of
 from .resources import ResourceSource
+from .rootfs import DEFAULT_HOST_DIRS
 from .store import LauncherStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,19 @@ class Launcher(BatchRunner):
         monotonic: Callable[[], float] = time.monotonic,
         resources: Optional[ResourceSource] = None,
         cpu: Optional[CpuCapacity] = None,
+        storage_dir: Optional[Path] = None,
+        state_dir: Optional[Path] = None,
+        host_dirs: Sequence[str] = DEFAULT_HOST_DIRS,
+        etc_files: Optional[EtcFilesSource] = None,
     ) -> None:
         """``runtimes`` maps runtime_id -> (type, binary) for the runtimes this node can run;
         ``parallel`` bounds the pulls, creates and stops running at once; ``observer`` hears
         every phase an instance enters (benchmarks); ``resources`` grants the item configs'
         resources (none without it); ``cpu`` is the node capacity a ``cpuDMIPSLimit`` is computed
-        from (such items fail without it)."""
+        from (such items fail without it); ``storage_dir``/``state_dir`` where CM's storage and state
+        paths are joined (default ``<working_dir>/storages`` and ``/states``); ``host_dirs`` the
+        host's top-level entries every instance sees (``rootfs.py``); ``etc_files`` gives an
+        instance's ``/etc/hosts`` and ``/etc/resolv.conf`` (the network manager's hook)."""
         self._sender = sender
         root = working_dir / "launcher"
         root.mkdir(parents=True, exist_ok=True)
@@ -98,7 +106,8 @@ class Launcher(BatchRunner):
         self._store = LauncherStore(root / "launcher.db")
         self._containers = Containers(root=root, runtimes=runtimes, store=self._store,
                                       cgroup_parent=cgroup_parent.strip("/"), stop_timeout=stop_timeout,
-                                      clock=clock, resources=resources, cpu=cpu)
+                                      clock=clock, resources=resources, cpu=cpu, storage_dir=storage_dir,
+                                      state_dir=state_dir, host_dirs=host_dirs, etc_files=etc_files)
         self._tasks = Tasks(containers=self._containers, store=self._store, sender=sender, resolver=resolver,
                             policy_of=policy_of, monotonic=monotonic, post=self._post, on_exit=self._enqueue)
         # Two pools: downloads may hang for minutes on a bad network, and must never hold up the

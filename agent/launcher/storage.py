@@ -76,7 +76,9 @@ def _check_last(parent: int, name: str, what: str, want_dir: bool) -> None:
         info = os.stat(name, dir_fd=parent, follow_symlinks=False)
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(info.st_mode) != want_dir or stat.S_ISLNK(info.st_mode):
+    if stat.S_ISLNK(info.st_mode):
+        raise InvalidArgument(f"{what}: is a symlink")
+    if stat.S_ISDIR(info.st_mode) != want_dir:
         raise InvalidArgument(f"{what}: exists and is not a {'directory' if want_dir else 'regular file'}")
 
 

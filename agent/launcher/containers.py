@@ -209,7 +209,12 @@ class Containers:
                 runtime.kill(instance.container_id, "KILL")
                 run.exited.wait(self._stop_timeout)
         runtime.delete(instance.container_id)
-        remove_rootfs(self.rootfs_dir(instance.container_id))
+        try:
+            remove_rootfs(self.rootfs_dir(instance.container_id))
+        except RootfsError as err:
+            # The container is gone, so the stop did its job; the next start (or agent start,
+            # once no stored instance owns it) removes what is left.
+            log.error("stopping %s: %s", instance.container_id, err)
 
     def remove(self, instance: Instance) -> None:
         """Remove the container of a process that ended on its own."""

@@ -24,7 +24,9 @@ from test_launcher_runc import info, resolver_for
 from aos_sm.agent.errors import AosCode
 from aos_sm.agent.launcher.containers import Containers
 from aos_sm.agent.launcher.image import Image, ImageConfig, unpack_layer
+from aos_sm.agent.launcher.mounts import mount_rootfs, remove_rootfs
 from aos_sm.agent.launcher.records import Instance
+from aos_sm.agent.launcher.rootfs import EtcFiles, plan_rootfs
 from aos_sm.agent.launcher.store import LauncherStore
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
@@ -236,3 +238,23 @@ def test_a_two_layer_image_shows_exactly_the_oci_merge(work_fs: str, tmp_path: P
     assert got == sorted(want), seen
     assert ("a", "2a") in got and not any(name in ("b", "gone", "dir/x") for name, _ in got)
     assert mounts_under(work / "launcher" / "rootfs") == []
+
+
+def test_layers_whose_names_exceed_a_page_of_mount_options_still_mount(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 200) / ("e" * 200)
+    layers = []
+    for index in range(40):  # 40 x ~470 bytes of path: four times the kernel's 4096-byte option page
+        layer = deep / f"{index:02d}{'l' * 60}"
+        (layer / "data").mkdir(parents=True)
+        (layer / "data" / f"from-{index:02d}").write_text(str(index))
+        (layer / "data" / "top").write_text(str(index))
+        layers.append(str(layer))
+    assert len(":".join(layers)) > 4 * 4096
+    plan = plan_rootfs(top=str(tmp_path / "r" / "top"), host_layer=str(tmp_path / "r" / "host"), image_layers=layers,
+                       probes=[{}] * len(layers), host=(), host_root="/", mounts=(), etc=EtcFiles("", ""))
+    mnt = mount_rootfs(tmp_path / "r", plan)
+    try:
+        assert len(list((mnt / "data").iterdir())) == 41 and (mnt / "data" / "top").read_text() == "39"
+    finally:
+        remove_rootfs(tmp_path / "r")
+    assert not (tmp_path / "r").exists() and mounts_under(tmp_path) == []

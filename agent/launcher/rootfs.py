@@ -133,6 +133,20 @@ def plan_stubs(mounts: Sequence[MountPoint], etc: EtcFiles) -> Tuple[Stub, ...]:
     return tuple(sorted(stubs.values(), key=lambda stub: stub.path))
 
 
+def _through_symlinks(stubs: Sequence[Stub], symlinks: Mapping[str, str]) -> Tuple[Stub, ...]:
+    """Stubs below a host symlink the container sees (``lib/modules`` with ``lib -> usr/lib``) go
+    where runc will mount, through the link (``usr/lib/modules``): a ``lib`` directory in the top
+    layer would hide the host's link, and with it all of ``/usr/lib``."""
+    moved: List[Stub] = []
+    for stub in stubs:
+        first, _, rest = stub.path.partition("/")
+        if first in symlinks:
+            target = _relative(symlinks[first])  # relative to the root: the link is at the top
+            stub = Stub(posixpath.join(target, rest) if rest else target, stub.is_file, stub.content)
+        moved.append(stub)
+    return tuple(moved)
+
+
 def _top_entry(stubs: Sequence[Stub], name: str) -> Entry:
     for stub in stubs:
         if stub.path == name:
@@ -168,8 +182,10 @@ def plan_rootfs(*, top: str, host_layer: str, image_layers: Sequence[str],
     at each kept name (missing names: absent); ``host`` are the kept entries the host has."""
     if len(probes) != len(image_layers):
         raise ValueError("one probe per image layer")
-    stubs = plan_stubs(mounts, etc)
     layers_top_first = list(zip(reversed(image_layers), reversed(probes)))
+    shown_symlinks = {entry.name: entry.target for entry in host if entry.kind == "symlink" and all(
+        probe.get(entry.name, Entry.ABSENT) is Entry.ABSENT for probe in probes)}
+    stubs = _through_symlinks(plan_stubs(mounts, etc), shown_symlinks)
     nested: List[NestedMount] = []
     for entry in host:
         stack = [(top, _top_entry(stubs, entry.name))]

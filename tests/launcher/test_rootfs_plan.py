@@ -51,6 +51,15 @@ def test_a_mount_point_under_a_kept_directory_puts_the_top_layer_in_its_stack() 
     assert result.nested == (NestedMount("usr", ("/r/top/usr", "/l0/usr", "/usr")),)
 
 
+def test_a_mount_point_below_a_host_symlink_is_stubbed_where_the_link_leads() -> None:
+    result = plan([{}], mounts=[MountPoint("/lib/modules"), MountPoint("/bin/tool", True)])
+    stubs = {stub.path for stub in result.top}
+    assert {"usr/lib/modules", "usr/bin/tool"} <= stubs and not any(s.startswith(("lib", "bin")) for s in stubs)
+    assert result.nested == (NestedMount("usr", ("/r/top/usr", "/usr")),)
+    # When an image layer has its own lib, the stub stays in it.
+    assert "lib/modules" in {stub.path for stub in plan([{"lib": Entry.DIR}], mounts=[MountPoint("/lib/modules")]).top}
+
+
 def test_whiteouts_opaque_directories_and_non_directories_hide_the_host_entry() -> None:
     assert plan([{"usr": Entry.DIR}, {"usr": Entry.WHITEOUT}]).nested == ()
     assert plan([{"usr": Entry.OPAQUE_DIR}]).nested == ()

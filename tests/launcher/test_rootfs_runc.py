@@ -258,3 +258,22 @@ def test_layers_whose_names_exceed_a_page_of_mount_options_still_mount(tmp_path:
     finally:
         remove_rootfs(tmp_path / "r")
     assert not (tmp_path / "r").exists() and mounts_under(tmp_path) == []
+
+
+def test_the_network_managers_hosts_and_resolv_conf_are_what_the_instance_reads(make_launcher, blob_server) -> None:
+    image = build_image([script_layer({"run.sh": b"cat /etc/hosts /etc/resolv.conf; echo done; exec sleep 1000\n"})],
+                        entrypoint=["/bin/sh", "/run.sh"], item_config=quick_item_config(hostname="named"))
+    asked: List[Tuple[str, str]] = []
+
+    def etc_files(instance: sm_pb2.InstanceInfo, hostname: str) -> EtcFiles:
+        asked.append((instance.instance.item_id, hostname))
+        return EtcFiles("10.0.0.5\tnet-id named\n", "nameserver 10.0.0.1\n")
+
+    sender = RecordingSender()
+    launcher = make_launcher(sender, resolver_for(blob_server.publish(image)), etc_files=etc_files)
+    launcher.start()
+    launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[info(image.manifest_digest, "etc")]))
+    sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
+    stamped = output_of(launcher, "etc")
+    assert "10.0.0.5\tnet-id named" in stamped and "nameserver 10.0.0.1" in stamped
+    assert asked == [("etc", "named")]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -38,7 +39,12 @@ MS_BIND = 4096
 MNT_DETACH = 2
 _OPAQUE_XATTR = "trusted.overlay.opaque"
 
-_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _libc() -> ctypes.CDLL:
+    # The C library already loaded into this process (glibc or musl alike).
+    return ctypes.CDLL(None, use_errno=True)
 
 
 class RootfsError(Failed):
@@ -46,7 +52,7 @@ class RootfsError(Failed):
 
 
 def _mount(source: str, target: str, fstype: str, flags: int, data: str = "") -> None:
-    result = _libc.mount(source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(flags),
+    result = _libc().mount(source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(flags),
                          data.encode() if data else None)
     if result != 0:
         code = ctypes.get_errno()
@@ -59,7 +65,7 @@ def _mount(source: str, target: str, fstype: str, flags: int, data: str = "") ->
 
 def _detach(target: str) -> bool:
     """Detach the mount at ``target`` with everything under it; False when nothing is mounted there."""
-    if _libc.umount2(target.encode(), MNT_DETACH) == 0:
+    if _libc().umount2(target.encode(), MNT_DETACH) == 0:
         return True
     code = ctypes.get_errno()
     if code in (errno.EINVAL, errno.ENOENT):

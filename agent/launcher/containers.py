@@ -23,7 +23,7 @@ from .blobs import BlobStore
 from .bundle import BundleSpec, CpuCapacity, build_runtime_spec
 from .gc import collect_garbage
 from .image import Image, ImageStore, Resolver
-from .mounts import RootfsError, mount_rootfs, probe_host, probe_layer, remove_rootfs
+from .mounts import RootfsError, ensure_tmpfs, mount_rootfs, probe_host, probe_layer, remove_rootfs
 from .output import open_output, reopen_output
 from .records import Instance, Run, container_id
 from .resources import NoResources, ResourceSource
@@ -78,6 +78,7 @@ class Containers:
         self.host_dirs = tuple(host_dirs)
         self.host_root = host_root
         self._etc_files = etc_files
+        self._roots_ready = False
         self.cgroup_parent = cgroup_parent
         self.runtimes = {
             runtime_id: OciRuntime(binary, root / "runtime" / kind) for runtime_id, (kind, binary) in runtimes.items()
@@ -190,6 +191,10 @@ class Containers:
         etc = self._etc_files(instance.info, hostname) if self._etc_files is not None else None
         if etc is None:
             etc = default_etc_files(hostname, _read_text(self.host_root / "etc" / "resolv.conf"))
+        with self._lock:
+            if not self._roots_ready:
+                ensure_tmpfs(self.root / "rootfs")
+                self._roots_ready = True
         directory = self.rootfs_dir(instance.container_id)
         plan = plan_rootfs(top=str(directory / "top"), host_layer=str(directory / "host"),
                            image_layers=[str(layer) for layer in layers],

@@ -22,9 +22,9 @@ def remove_containers(state_root: Path) -> None:
         for entry in state_root.iterdir():
             subprocess.run(["runc", "--root", str(state_root), "delete", "--force", entry.name],
                            capture_output=True, timeout=30)
-    roots = str(state_root.parents[1] / "rootfs") + "/"
+    roots = str(state_root.parents[1] / "rootfs")
     mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    for point in sorted((p for p in mounted if p.startswith(roots)), key=len, reverse=True):
+    for point in sorted((p for p in mounted if p == roots or p.startswith(roots + "/")), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
 
 

@@ -17,7 +17,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from launcher_helpers import RUNC_ID, RecordingSender, quick_item_config, wait_until
+from launcher_helpers import RUNC_ID, RecordingSender, quick_item_config, remove_containers, wait_until
 from oci_fixture import build_image
 from test_launcher_runc import info, resolver_for
 
@@ -67,10 +67,11 @@ def script_layer(files: Dict[str, bytes]) -> bytes:
 
 
 def mounts_under(path: Path) -> List[str]:
-    """Mount points at or below ``path`` in this process's mount table."""
-    prefix = str(path)
+    """Mount points below ``path`` in this process's mount table (not ``path`` itself: the roots'
+    tmpfs stays for the agent's life)."""
+    prefix = str(path) + "/"
     points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+    return [p for p in points if p.startswith(prefix)]
 
 
 def output_of(launcher, name: str) -> str:  # type: ignore[no-untyped-def]
@@ -227,17 +228,18 @@ def test_a_two_layer_image_shows_exactly_the_oci_merge(work_fs: str, tmp_path: P
                             store=LauncherStore(work / "store.db"), cgroup_parent=cgroup_parent, stop_timeout=5.0,
                             clock=time.time)
     instance = Instance(info(image.manifest_digest, "merge"), f"{cgroup_parent}-merge")
-    reader, _ = containers.create(instance, image)
     try:
+        reader, _ = containers.create(instance, image)
         with os.fdopen(reader, "rb") as output:
             seen = output.read().decode()
-    finally:
         containers.halt(instance, None)
+        assert mounts_under(work / "launcher" / "rootfs") == []
+    finally:
+        remove_containers(work / "launcher" / "runtime" / "runc")
     got = sorted(tuple(line[2:].split("=", 1)) for line in seen.splitlines() if line.startswith("./"))
     want = [(name[len("data/"):], data.decode()) for name, data in listing(expected) if name.startswith("data/")]
     assert got == sorted(want), seen
     assert ("a", "2a") in got and not any(name in ("b", "gone", "dir/x") for name, _ in got)
-    assert mounts_under(work / "launcher" / "rootfs") == []
 
 
 def test_layers_whose_names_exceed_a_page_of_mount_options_still_mount(tmp_path: Path) -> None:

@@ -24,9 +24,9 @@ from test_launcher_runc import info, resolver_for
 from aos_sm.agent.errors import AosCode
 from aos_sm.agent.launcher.containers import Containers
 from aos_sm.agent.launcher.image import Image, ImageConfig, unpack_layer
-from aos_sm.agent.launcher.mounts import mount_rootfs, remove_rootfs
+from aos_sm.agent.launcher.mounts import RootfsError, mount_rootfs, remove_rootfs
 from aos_sm.agent.launcher.records import Instance
-from aos_sm.agent.launcher.rootfs import EtcFiles, plan_rootfs
+from aos_sm.agent.launcher.rootfs import EtcFiles, Entry, HostEntry, plan_rootfs
 from aos_sm.agent.launcher.store import LauncherStore
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
@@ -279,3 +279,15 @@ def test_the_network_managers_hosts_and_resolv_conf_are_what_the_instance_reads(
     stamped = output_of(launcher, "etc")
     assert "10.0.0.5\tnet-id named" in stamped and "nameserver 10.0.0.1" in stamped
     assert asked == [("etc", "named")]
+
+
+def test_a_working_dir_inside_a_kept_host_directory_fails_saying_why(tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    layer = host / "usr" / "local" / "aos" / "layer"  # the image store inside the host's /usr
+    (layer / "usr" / "bin").mkdir(parents=True)
+    plan = plan_rootfs(top=str(tmp_path / "r" / "top"), host_layer=str(tmp_path / "r" / "host"),
+                       image_layers=[str(layer)], probes=[{"usr": Entry.DIR}], host=[HostEntry("usr", "dir")],
+                       host_root=str(host), mounts=(), etc=EtcFiles("", ""))
+    with pytest.raises(RootfsError, match="^overlayfs refused overlapping layers"):
+        mount_rootfs(tmp_path / "r", plan)
+    assert not (tmp_path / "r").exists() and mounts_under(tmp_path) == []

@@ -1,7 +1,9 @@
 """The launcher: OCI images pulled by digest, bundles, an OCI runtime, and the instances CM wants.
 
 Modules: ``blobs`` (content-addressed store and downloads), ``image`` (manifests, layers, rootfs),
-``bundle`` (pure: the OCI runtime spec of an instance), ``runtime`` (the runc/crun adapter),
+``bundle`` (pure: the OCI runtime spec of an instance), ``rootfs`` (pure: the plan of an
+instance's overlay root) and ``mounts`` (its mount adapter), ``storage`` (storage directories and
+state files on the host), ``runtime`` (the runc/crun adapter),
 ``plan`` (pure: what an UpdateInstances changes), ``lifecycle`` (pure: each instance's state
 machine, one table), ``store`` (SQLite: desired instances, crashes, image use, the offline clock),
 ``output`` (instance output into the log format of ``agent/instancelog.py``), ``containers`` (the

@@ -6,6 +6,7 @@ tmpfs of its own."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -222,8 +223,11 @@ def test_a_two_layer_image_shows_exactly_the_oci_merge(work_fs: str, tmp_path: P
         unpack_layer(blob, expected, "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest())
     layers = (overlay_dir(work / "l1", LAYER_1), overlay_dir(work / "l2", LAYER_2))
     lister = "cd /data && for f in $(find . | sort); do if [ -f $f ]; then echo $f=$(cat $f); else echo $f=dir; fi; done"
-    image = Image("sha256:" + "0" * 64, work / "unused", ImageConfig(("/bin/sh", "-c"), (lister,), (), "/", ()),
-                  (), layers=layers)
+    fields: Dict[str, object] = dict(manifest_digest="sha256:" + "0" * 64, blobs=(), layers=layers,
+                                     config=ImageConfig(("/bin/sh", "-c"), (lister,), (), "/", ()))
+    if "rootfs" in {field.name for field in dataclasses.fields(Image)}:  # until per-layer images replace it
+        fields["rootfs"] = work / "unused"
+    image = Image(**fields)  # type: ignore[arg-type]
     containers = Containers(root=work / "launcher", runtimes={RUNC_ID: ("runc", "runc")},
                             store=LauncherStore(work / "store.db"), cgroup_parent=cgroup_parent, stop_timeout=5.0,
                             clock=time.time)

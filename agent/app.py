@@ -172,6 +172,9 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         resources=HostResources(config.resources_config_file, root),
         cpu=CpuCapacity.of_node(capacity),
         secrets=IamInstanceSecrets(iam[0]) if iam is not None and config.iam_protected_server_url else None,
+        storage_dir=config.storage_dir,
+        state_dir=config.state_dir,
+        host_dirs=config.rootfs_host_dirs,
     )
     cloud = CloudConnection()
     # The offline TTL clock runs on the cloud status CM relays.

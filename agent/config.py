@@ -51,6 +51,9 @@ _KNOWN: Dict[str, Any] = {
     "imagettl": None,
     "updateitemttl": None,
     "imagespartlimit": None,
+    "storagedir": None,
+    "statedir": None,
+    "rootfshostdirs": None,
     "architecture": None,
     "architecturevariant": None,
     "osversion": None,
@@ -131,6 +134,10 @@ class AgentConfig:
     iam_public_server_url: Optional[str] = None
     iam_protected_server_url: Optional[str] = None
     cert_storage: str = "sm"
+    storage_dir: Path = Path("/var/aos/servicemanager/storages")
+    state_dir: Path = Path("/var/aos/servicemanager/states")
+    # The host's top-level entries every instance sees under its image (agent/launcher/rootfs.py).
+    rootfs_host_dirs: Tuple[str, ...] = ("bin", "sbin", "lib", "lib64", "usr")
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     warnings: Tuple[str, ...] = ()
 
@@ -346,6 +353,17 @@ def _uplink_interfaces(reader: _Reader) -> Optional[Tuple[str, ...]]:
     return tuple(v.strip() for v in value)
 
 
+def _rootfs_host_dirs(reader: _Reader) -> Tuple[str, ...]:
+    key = "rootfsHostDirs"
+    value = reader.get(key)
+    if value is None:
+        return AgentConfig.rootfs_host_dirs
+    if not isinstance(value, list) or not all(
+            isinstance(v, str) and v and v not in (".", "..") and "/" not in v and "\0" not in v for v in value):
+        raise ConfigError(key, f"expected a list of top-level names such as \"usr\", got {json.dumps(value)[:80]}")
+    return tuple(dict.fromkeys(value))
+
+
 def parse_config(text: str) -> AgentConfig:
     """Parse the JSON text of a config file; raises ConfigError naming the bad key. Pure: reads
     nothing but ``text``."""
@@ -417,6 +435,9 @@ def parse_config(text: str) -> AgentConfig:
         iam_public_server_url=iam_public,
         iam_protected_server_url=reader.string("iamProtectedServerURL"),
         cert_storage=reader.string("certStorage") or AgentConfig.cert_storage,
+        storage_dir=reader.path("storageDir") or working_dir / "storages",
+        state_dir=reader.path("stateDir") or working_dir / "states",
+        rootfs_host_dirs=_rootfs_host_dirs(reader),
         raw=data,
         warnings=tuple(warnings),
     )

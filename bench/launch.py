@@ -169,6 +169,8 @@ def main() -> int:
         launcher.stop_all_instances()
         launcher.stop()
         remove_cgroups(parent)
+        # The instances' roots live on a tmpfs the launcher keeps for the agent's life.
+        subprocess.run(["umount", "-l", str(work / "agent" / "launcher" / "rootfs")], capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
     print(f"{'instances':>9} | {'runc run -d':>12} | {'aos-sm':>12} | ratio aos-sm/runc | "
           f"{'active':>9} (start window 1.2 s)")

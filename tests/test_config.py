@@ -222,3 +222,14 @@ def test_monitoring_partitions_and_uplinks() -> None:
     assert config.monitoring_partitions == (("state", Path("/var/aos/state")),)
     assert config.uplink_interfaces == ("eth0", "wwan0")
     assert parse({"monitoring": {"uplinkInterfaces": []}}).uplink_interfaces == ()
+
+
+def test_storage_state_and_host_dirs_follow_the_working_dir_unless_set() -> None:
+    config = parse_config('{"workingDir": "/data/sm"}')
+    assert (config.storage_dir, config.state_dir) == (Path("/data/sm/storages"), Path("/data/sm/states"))
+    assert config.rootfs_host_dirs == ("bin", "sbin", "lib", "lib64", "usr")
+    config = parse_config('{"storageDir": "/s", "stateDir": "/t", "RootfsHostDirs": ["usr", "lib", "usr"]}')
+    assert (config.storage_dir, config.state_dir, config.rootfs_host_dirs) == (Path("/s"), Path("/t"), ("usr", "lib"))
+    for bad in ('["usr/lib"]', '[".."]', '"usr"', '[""]'):
+        with pytest.raises(ConfigError, match="rootfsHostDirs"):
+            parse_config(f'{{"rootfsHostDirs": {bad}}}')

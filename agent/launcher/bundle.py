@@ -1,13 +1,15 @@
 """The OCI runtime spec (``config.json``) of an instance, from its image, item config and InstanceInfo.
 
 Pure: no I/O. Choices, each for a reason:
-- The rootfs is the image's shared, unpacked rootfs mounted read-only: instances of one image
-  must not change each other's files. ``/tmp`` is a private tmpfs for scratch files, sized by the
-  item config's ``tmpLimit`` or 64 MiB (the reference gives no writable ``/tmp`` without it; an
-  unbounded tmpfs would let one instance fill the node's RAM).
+- The root is the instance's read-only overlay (``rootfs.py``: its own top layer, the image
+  layers, the kept host directories): instances of one image must not change each other's files.
+  ``/tmp`` is a private tmpfs for scratch files, sized by the item config's ``tmpLimit`` or 64 MiB
+  (the reference gives no writable ``/tmp`` without it; an unbounded tmpfs would let one instance
+  fill the node's RAM). The host's ``/etc/ssl`` and ``/etc/nsswitch.conf`` are bound read-only
+  (``host_binds``: those that exist), as in the reference.
 - ``storage_path`` is bound read-write at ``/storage`` and ``state_path`` at ``/state.dat``
-  (a file) or ``/state`` (a directory), where the reference SM puts them; they win over a
-  resource mount of the same destination, as in the reference (state and storage come last).
+  (always a file), where the reference SM puts them; they win over a resource mount of the same
+  destination, as in the reference (state and storage come last).
 - The process runs as InstanceInfo's uid/gid (CM allocates them per instance), not the image's
   ``User``, with the requested resources' groups as extra gids; ``noNewPrivileges`` and runc's
   default unprivileged capability set.
@@ -93,13 +95,13 @@ class BundleSpec:
     priority: int = 0
     storage_path: str = ""
     state_path: str = ""
-    state_is_file: bool = True
     item_id: str = ""
     subject_id: str = ""
     instance_index: int = 0
     item_config: ItemConfig = ItemConfig()
     resources: ResourceGrant = ResourceGrant()
     cpu: Optional[CpuCapacity] = None  # needed only when the item config has cpuDMIPSLimit
+    host_binds: Tuple[str, ...] = ()  # host paths bound read-only at the same place
 
 
 def _aos_environment(spec: BundleSpec) -> List[str]:
@@ -156,11 +158,12 @@ def _mounts(spec: BundleSpec) -> List[Dict[str, Any]]:
         {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "nodev", "mode=1777", f"size={_tmp_size(spec)}"]},
     ]
-    added = [_resource_mount(m.destination, m.type, m.source, m.options) for m in spec.resources.mounts]
+    added = [_bind(path, path, read_only=True) for path in spec.host_binds]
+    added += [_resource_mount(m.destination, m.type, m.source, m.options) for m in spec.resources.mounts]
     if spec.storage_path:
         added.append(_bind(spec.storage_path, "/storage"))
     if spec.state_path:
-        added.append(_bind(spec.state_path, "/state.dat" if spec.state_is_file else "/state"))
+        added.append(_bind(spec.state_path, "/state.dat"))
     for mount in added:
         # A same destination replaces the earlier mount (reference AddMount), keeping its place.
         for position, existing in enumerate(mounts):

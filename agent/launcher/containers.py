@@ -14,23 +14,39 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
+
+from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from aos_sm.proto.common.v2 import common_pb2
 
-from ..errors import AosError, NotFound, NotSupported
+from ..errors import AosError, NotFound
 from ..ports import InstanceKey, MonitoredInstance
 from .blobs import BlobStore
 from .bundle import BundleSpec, CpuCapacity, build_runtime_spec
 from .gc import collect_garbage
 from .image import Image, ImageStore, Resolver
+from .mounts import RootfsError, ensure_tmpfs, mount_rootfs, probe_host, probe_layer, remove_rootfs
 from .output import open_output, reopen_output
 from .records import Instance, Run, container_id
 from .resources import NoResources, ResourceSource
+from .rootfs import DEFAULT_HOST_DIRS, HOST_BINDS, EtcFiles, MountPoint, default_etc_files, plan_rootfs
 from .runtime import ContainerState, OciRuntime
+from .storage import check, create_state, create_storage, relative_parts
 from .store import LauncherStore, StoreError
 
 log = logging.getLogger(__name__)
+
+# The network manager's hook: an instance's /etc/hosts and /etc/resolv.conf from its InstanceInfo
+# and hostname (None: the defaults of ``rootfs.default_etc_files``).
+EtcFilesSource = Callable[[sm_pb2.InstanceInfo, str], Optional[EtcFiles]]
+
+
+def image_layers(image: Image) -> Tuple[Path, ...]:
+    """The image's layer directories, bottom first."""
+    if not image.layers:
+        raise RootfsError(f"image {image.manifest_digest} has no layers")
+    return image.layers
 
 
 class InstanceSecrets(Protocol):
@@ -58,11 +74,25 @@ class Containers:
         secrets: Optional[InstanceSecrets] = None,
         in_use: Callable[[], Set[str]] = set,
         images_part_limit: Optional[float] = None,
+        storage_dir: Optional[Path] = None,
+        state_dir: Optional[Path] = None,
+        host_dirs: Sequence[str] = DEFAULT_HOST_DIRS,
+        host_root: Path = Path("/"),
+        etc_files: Optional[EtcFilesSource] = None,
     ) -> None:
-        """``in_use`` says which images desired instances use (never evicted for space);
+        """``storage_dir`` / ``state_dir``: where CM's relative paths are joined (default
+        ``<workingDir>/storages`` and ``/states``); ``host_dirs``: the host's top-level entries
+        every instance sees (rootfs.py); ``host_root``: the host's ``/`` (tests point elsewhere);
+        ``in_use`` says which images desired instances use (never evicted for space);
         ``images_part_limit`` caps the image store at that percent of its partition."""
         self.root = root
         self._secrets = secrets
+        self.storage_dir = storage_dir or root.parent / "storages"
+        self.state_dir = state_dir or root.parent / "states"
+        self.host_dirs = tuple(host_dirs)
+        self.host_root = host_root
+        self._etc_files = etc_files
+        self._roots_ready = False
         self.cgroup_parent = cgroup_parent
         self.runtimes = {
             runtime_id: OciRuntime(binary, root / "runtime" / kind) for runtime_id, (kind, binary) in runtimes.items()
@@ -93,14 +123,8 @@ class Containers:
     def bundle(self, container: str) -> Path:
         return self.root / "bundles" / container
 
-    def host_path(self, kind: str, path: str) -> Path:
-        """Where an instance's ``storage`` or ``state`` path lives on the host. CM sends them
-        relative (``<item>/<subject>/<instance>``, INSTANCES.md "Storage and state"), joined
-        here to ``<workingDir>/storages`` or ``<workingDir>/states``: taken as given they would
-        land relative to the agent's working directory (``/`` under systemd). The boundary
-        (agent/wirecheck.py) refuses absolute paths and ``..``; an absolute one here comes
-        from a direct caller (tests) and is kept."""
-        return Path(path) if Path(path).is_absolute() else self.root.parent / f"{kind}s" / path
+    def rootfs_dir(self, container: str) -> Path:
+        return self.root / "rootfs" / container
 
     def runtime(self, instance: Instance) -> OciRuntime:
         runtime = self.runtimes.get(instance.info.runtime_id)
@@ -170,8 +194,9 @@ class Containers:
             with_secret = self._with_secret(instance, image, spec_input)
             registered = with_secret is not spec_input
             spec = build_runtime_spec(image.config, with_secret)
-            _write_bundle_config(bundle / "config.json", json.dumps(spec, indent=2).encode())
             runtime.delete(instance.container_id)  # a leftover of a run the agent did not see end
+            self._mount_rootfs(instance, image, spec)
+            _write_bundle_config(bundle / "config.json", json.dumps(spec, indent=2).encode())
             self.log_path(instance.container_id).parent.mkdir(parents=True, exist_ok=True)
             reader, writer = open_output(bundle / "output.fifo")
             try:
@@ -184,6 +209,8 @@ class Containers:
         except BaseException:
             with contextlib.suppress(AosError):
                 runtime.delete(instance.container_id)
+            with contextlib.suppress(AosError):
+                remove_rootfs(self.rootfs_dir(instance.container_id))
             if registered:
                 self._unregister(instance, image)
             raise
@@ -205,6 +232,29 @@ class Containers:
         except AosError as err:
             log.error("%s: %s", err, instance.container_id)
 
+    def _mount_rootfs(self, instance: Instance, image: Image, spec: Dict[str, Any]) -> None:
+        """Mount the instance's root (rootfs.py) where ``spec`` says runc finds it."""
+        layers = image_layers(image)
+        host = probe_host(self.host_root, self.host_dirs)
+        names = [entry.name for entry in host]
+        mounts = [MountPoint(m["destination"], m.get("type") == "bind" and os.path.isfile(m["source"]))
+                  for m in spec["mounts"]]
+        hostname = str(spec.get("hostname", ""))
+        etc = self._etc_files(instance.info, hostname) if self._etc_files is not None else None
+        if etc is None:
+            etc = default_etc_files(hostname, _read_text(self.host_root / "etc" / "resolv.conf"))
+        with self._lock:
+            if not self._roots_ready:
+                ensure_tmpfs(self.root / "rootfs")
+                self._roots_ready = True
+        directory = self.rootfs_dir(instance.container_id)
+        plan = plan_rootfs(top=str(directory / "top"), host_layer=str(directory / "host"),
+                           image_layers=[str(layer) for layer in layers],
+                           probes=[probe_layer(layer, names) for layer in layers], host=host,
+                           host_root=str(self.host_root), mounts=mounts, etc=etc)
+        mnt = mount_rootfs(directory, plan)
+        spec["root"]["path"] = str(mnt)
+
     def halt(self, instance: Instance, run: Optional[Run]) -> None:
         """End the container (TERM, then KILL after the stop timeout) and remove it."""
         runtime = self.runtimes.get(instance.info.runtime_id)
@@ -216,6 +266,12 @@ class Containers:
                 runtime.kill(instance.container_id, "KILL")
                 run.exited.wait(self._stop_timeout)
         runtime.delete(instance.container_id)
+        try:
+            remove_rootfs(self.rootfs_dir(instance.container_id))
+        except RootfsError as err:
+            # The container is gone, so the stop did its job; the next start (or agent start,
+            # once no stored instance owns it) removes what is left.
+            log.error("stopping %s: %s", instance.container_id, err)
         self._unregister(instance, instance.image)
 
     def remove(self, instance: Instance) -> None:
@@ -224,6 +280,7 @@ class Containers:
         if runtime is not None:
             try:
                 runtime.delete(instance.container_id)
+                remove_rootfs(self.rootfs_dir(instance.container_id))
             except AosError as err:
                 log.error("removing the ended container %s: %s", instance.container_id, err)
         # Its secret ends with it: a restart registers the instance again.
@@ -255,45 +312,47 @@ class Containers:
                     runtime.delete(container)
             except AosError as err:
                 log.error("looking for stray containers: %s", err)
+        # Roots no stored instance owns; a stored one keeps its root: it may still run (adopted),
+        # and a create rebuilds it otherwise.
+        rootfs = self.root / "rootfs"
+        for directory in sorted(rootfs.iterdir()) if rootfs.is_dir() else []:
+            if directory.name not in wanted:
+                try:
+                    remove_rootfs(directory)
+                    log.warning("root filesystem %s belongs to no instance: removed", directory.name)
+                except AosError as err:
+                    log.error("removing the stray root filesystem %s: %s", directory.name, err)
 
     def bundle_spec(self, instance: Instance, image: Image) -> BundleSpec:
+        """The bundle's inputs; creates the storage directory and the state file (both checked
+        before either is created: a refused path writes nothing)."""
         info = instance.info
-        state_is_file = True
-        storage = str(self.host_path("storage", info.storage_path)) if info.storage_path else ""
-        state_path = str(self.host_path("state", info.state_path)) if info.state_path else ""
-        if storage:
-            Path(storage).mkdir(parents=True, exist_ok=True)
-        if state_path:
-            state = Path(state_path)
-            if state.is_dir():
-                state_is_file = False
-            elif not state.exists():
-                state.parent.mkdir(parents=True, exist_ok=True)
-                state.touch()
+        storage_parts = check(self.storage_dir, info.storage_path, "storage_path", True) if info.storage_path else ()
+        state_parts = check(self.state_dir, info.state_path, "state_path", False) if info.state_path else ()
+        storage = str(create_storage(self.storage_dir, storage_parts, info.uid, info.gid)) if storage_parts else ""
+        state = str(create_state(self.state_dir, state_parts, info.uid, info.gid)) if state_parts else ""
         ident = info.instance
         return BundleSpec(
-            rootfs=str(_single_layer_rootfs(image)), hostname=instance.container_id,
+            rootfs=str(self.rootfs_dir(instance.container_id) / "mnt"), hostname=instance.container_id,
             cgroups_path="/" + self.cgroup(instance.container_id),
             uid=info.uid, gid=info.gid, env_vars=tuple((e.name, e.value) for e in info.env_vars),
-            priority=info.priority, storage_path=storage, state_path=state_path,
-            state_is_file=state_is_file, item_id=ident.item_id, subject_id=ident.subject_id,
+            priority=info.priority, storage_path=storage, state_path=state,
+            item_id=ident.item_id, subject_id=ident.subject_id,
             instance_index=ident.instance, item_config=image.item_config,
             resources=self._resources.grant(image.item_config.resources), cpu=self._cpu,
+            host_binds=tuple(path for path in HOST_BINDS if (self.host_root / path.lstrip("/")).exists()),
         )
 
     def monitored(self, key: InstanceKey, instance: Instance) -> MonitoredInstance:
-        partitions = tuple((name, self.host_path(name, path)) for name, path in
-                           (("storage", instance.info.storage_path), ("state", instance.info.state_path)) if path)
+        # INSTANCES.md: instance partitions are reported (and matched by alert rules) by these names.
+        partitions = []
+        for name, base, path in (("storages", self.storage_dir, instance.info.storage_path),
+                                 ("states", self.state_dir, instance.info.state_path)):
+            if path:
+                with contextlib.suppress(AosError):
+                    partitions.append((name, base.joinpath(*relative_parts(path, name))))
         return MonitoredInstance(key, instance.info.runtime_id, self.cgroup(instance.container_id),
-                                 instance.info.monitoring_parameters, partitions)
-
-
-def _single_layer_rootfs(image: Image) -> Path:
-    # Stop-gap until the overlay root filesystem (the other half of issue 17) mounts
-    # ``image.layers``: a one-layer image's unpacked layer is a complete rootfs on its own.
-    if len(image.layers) != 1:
-        raise NotSupported(f"multi-layer images need the overlay rootfs: {len(image.layers)} layers")
-    return image.layers[0]
+                                 instance.info.monitoring_parameters, tuple(partitions))
 
 
 def _write_bundle_config(path: Path, data: bytes) -> None:
@@ -304,3 +363,10 @@ def _write_bundle_config(path: Path, data: bytes) -> None:
     temporary.write_bytes(data)
     os.chmod(temporary, 0o644)
     os.replace(temporary, path)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""

@@ -43,7 +43,7 @@ from ..messages import core_alert
 from ..ports import CrashRecord, InstanceKey, InstanceLogFile, InstanceMonitorPort, Sender
 from .batches import Batch, BatchRunner, Cloud, Job, Post
 from .bundle import CpuCapacity
-from .containers import Containers, InstanceSecrets
+from .containers import Containers, EtcFilesSource, InstanceSecrets
 from .image import Resolver
 from .lifecycle import (Adopted, CancelTimer, Create, Effect, Event, Exited, Faulted, Forget, Halt, Ignored,
                         ImageReady, InstanceLife, LifecycleError, Phase, Pull, Reap, Report, StartTimer,
@@ -52,6 +52,7 @@ from .output import exit_status, set_subreaper
 from .tasks import OfflineTtl, PolicyOf, Pool, Tasks, policy_from_item_config
 from .records import Exit, Instance, problem_of
 from .resources import ResourceSource
+from .rootfs import DEFAULT_HOST_DIRS
 from .store import LauncherStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,10 @@ class Launcher(BatchRunner):
         resources: Optional[ResourceSource] = None,
         cpu: Optional[CpuCapacity] = None,
         secrets: Optional[InstanceSecrets] = None,
+        storage_dir: Optional[Path] = None,
+        state_dir: Optional[Path] = None,
+        host_dirs: Sequence[str] = DEFAULT_HOST_DIRS,
+        etc_files: Optional[EtcFilesSource] = None,
     ) -> None:
         """``runtimes`` maps runtime_id -> (type, binary) for the runtimes this node can run;
         ``parallel`` bounds the pulls, creates and stops running at once; ``observer`` hears
@@ -93,7 +98,10 @@ class Launcher(BatchRunner):
         has ``permissions`` with IAM and gives them ``AOS_SECRET`` (none without it). ``image_ttl``
         is ``updateItemTTL``; ``images_part_limit`` caps the image store at that percent of its
         partition; every ``sweep_period`` the image store is swept and its layers re-verified
-        (``gc.py``)."""
+        (``gc.py``); ``storage_dir``/``state_dir`` where CM's storage and state paths are joined
+        (default ``<working_dir>/storages`` and ``/states``); ``host_dirs`` the host's top-level
+        entries every instance sees (``rootfs.py``); ``etc_files`` gives an instance's ``/etc/hosts``
+        and ``/etc/resolv.conf`` (the network manager's hook)."""
         self._sender = sender
         root = working_dir / "launcher"
         root.mkdir(parents=True, exist_ok=True)
@@ -108,7 +116,9 @@ class Launcher(BatchRunner):
         self._containers = Containers(root=root, runtimes=runtimes, store=self._store,
                                       cgroup_parent=cgroup_parent.strip("/"), stop_timeout=stop_timeout,
                                       clock=clock, resources=resources, cpu=cpu, in_use=self._images_in_use,
-                                      images_part_limit=images_part_limit, secrets=secrets)
+                                      images_part_limit=images_part_limit, secrets=secrets,
+                                      storage_dir=storage_dir, state_dir=state_dir, host_dirs=host_dirs,
+                                      etc_files=etc_files)
         self._tasks = Tasks(containers=self._containers, store=self._store, sender=sender, resolver=resolver,
                             policy_of=policy_of, monotonic=monotonic, post=self._post, on_exit=self._enqueue)
         # Two pools: downloads may hang for minutes on a bad network, and must never hold up the

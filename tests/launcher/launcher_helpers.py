@@ -16,12 +16,16 @@ RUNC_ID = runtime_id("runc", NODE_ID)
 
 
 def remove_containers(state_root: Path) -> None:
-    """Delete (killing) every container runc knows under ``state_root``."""
-    if not state_root.is_dir():
-        return
-    for entry in state_root.iterdir():
-        subprocess.run(["runc", "--root", str(state_root), "delete", "--force", entry.name],
-                       capture_output=True, timeout=30)
+    """Delete (killing) every container runc knows under ``state_root`` (``<launcher>/runtime/runc``),
+    and detach the instances' root filesystems (a killed agent leaves them mounted)."""
+    if state_root.is_dir():
+        for entry in state_root.iterdir():
+            subprocess.run(["runc", "--root", str(state_root), "delete", "--force", entry.name],
+                           capture_output=True, timeout=30)
+    roots = str(state_root.parents[1] / "rootfs")
+    mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    for point in sorted((p for p in mounted if p == roots or p.startswith(roots + "/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:

@@ -97,7 +97,7 @@ def test_start_runs_the_image_as_the_given_user_in_its_cgroup_then_stop(
     assert isinstance(registered, MonitoredInstance)
     assert (registered.key, registered.runtime_id, registered.cgroup) == (log_file.key, RUNC_ID, log_file.cgroup)
     assert registered.monitoring_parameters.alert_rules.ram.min_threshold == 10.0
-    assert registered.partitions == (("storage", storage), ("state", state_file))
+    assert registered.partitions == (("storages", storage), ("states", state_file))
 
     launcher.update_instances(sm_pb2.UpdateInstances(stop_instances=[request.instance]))
     sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 2)

@@ -68,7 +68,7 @@ def test_bundle_spec_from_image_config_and_instance_info() -> None:
     image = ImageConfig(("/bin/app",), ("--serve",), ("A=image", "B=image"), "work", ())
     spec = build_runtime_spec(image, BundleSpec(
         rootfs="/r", hostname="h", cgroups_path="/aos/x", uid=5, gid=6, env_vars=(("B", "cm"),), priority=5000,
-        storage_path="/data/st", state_path="/data/state", state_is_file=False))
+        storage_path="/data/st", state_path="/data/state", host_binds=("/etc/ssl",)))
     process = spec["process"]
     assert process["args"] == ["/bin/app", "--serve"] and process["cwd"] == "/work"
     assert process["user"] == {"uid": 5, "gid": 6}
@@ -77,7 +77,8 @@ def test_bundle_spec_from_image_config_and_instance_info() -> None:
     assert spec["root"] == {"path": "/r", "readonly": True}
     assert spec["linux"]["cgroupsPath"] == "/aos/x"
     binds = {m["destination"]: m["source"] for m in spec["mounts"] if m["type"] == "bind"}
-    assert binds == {"/storage": "/data/st", "/state": "/data/state"}
+    assert binds == {"/storage": "/data/st", "/state.dat": "/data/state", "/etc/ssl": "/etc/ssl"}
+    assert next(m for m in spec["mounts"] if m["destination"] == "/etc/ssl")["options"][-1] == "ro"
     with pytest.raises(InvalidArgument):
         build_runtime_spec(ImageConfig((), (), (), "/", ()), BundleSpec("/r", "h", "/x", 0, 0))
 

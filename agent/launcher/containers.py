@@ -8,6 +8,7 @@ Nothing here decides anything: what to do and when is the core's business.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from ..errors import AosError, NotFound
+from ..network.instance import InstanceNetwork
 from ..ports import InstanceKey, MonitoredInstance
 from .blobs import BlobStore
 from .bundle import BundleSpec, CpuCapacity, build_runtime_spec
@@ -122,15 +124,24 @@ class Containers:
 
     # --- containers
 
-    def create(self, instance: Instance, image: Image) -> Tuple[int, int]:
-        """Write the bundle and start the container; (output reader fd, host pid). On failure
-        nothing half-created stays behind."""
+    def create(self, instance: Instance, image: Image, network: Optional[InstanceNetwork] = None) -> Tuple[int, int]:
+        """Write the bundle and start the container (in ``network``'s namespace when given);
+        (output reader fd, host pid). On failure nothing half-created stays behind."""
         runtime = self.runtime(instance)
         try:
             self.touch_image(image.manifest_digest)
             bundle = self.bundle(instance.container_id)
             bundle.mkdir(parents=True, exist_ok=True)
-            spec = build_runtime_spec(image.config, self.bundle_spec(instance, image))
+            bundle_spec = self.bundle_spec(instance, image)
+            if network is not None:
+                bundle_spec = dataclasses.replace(bundle_spec, netns=str(network.netns))
+                if network.files is not None:
+                    # The instance's rootfs top layer will carry these once it exists; bound until then.
+                    hosts, resolv = bundle / "hosts", bundle / "resolv.conf"
+                    _write_bundle_config(hosts, network.files.hosts.encode())
+                    _write_bundle_config(resolv, network.files.resolv_conf.encode())
+                    bundle_spec = dataclasses.replace(bundle_spec, hosts_file=str(hosts), resolv_file=str(resolv))
+            spec = build_runtime_spec(image.config, bundle_spec)
             _write_bundle_config(bundle / "config.json", json.dumps(spec, indent=2).encode())
             runtime.delete(instance.container_id)  # a leftover of a run the agent did not see end
             self.log_path(instance.container_id).parent.mkdir(parents=True, exist_ok=True)

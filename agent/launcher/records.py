@@ -66,6 +66,7 @@ class Instance:
     run: Optional[Run] = None
     timer: Optional[threading.Timer] = None
     exit_when: Optional[datetime] = None
+    attach_run: int = -1  # the run whose Attach effect the next create carries out
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def status(self) -> sm_pb2.InstanceStatus:

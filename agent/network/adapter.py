@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Callable, List, Optional, Protocol, Sequence, Set
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Set
 
 from ..errors import AosError, RuntimeFailure
 from . import firewall
@@ -19,7 +19,7 @@ from .namespaces import Namespaces
 from .nft import Nft, NftError
 from .plan import (AddAddress, AddBridge, AddDnsNames, AddDnsNetwork, AddInstanceFilter, AddNamespace,
                    AddNetworkFilter, AddTraffic, AddVeth, AddVlan, DeleteAddress, DeleteLink, DeleteNamespace,
-                   EnableForwarding, Nothing, Op, PEER_NAME, RemoveDnsNames, RemoveDnsNetwork, RemoveInstanceFilter,
+                   EnableForwarding, Nothing, Op, PEER_NAME, network_chain_name, RemoveDnsNames, RemoveDnsNetwork, RemoveInstanceFilter,
                    RemoveNetworkFilter, RemoveTraffic, Shape, Unshape, rollback)
 from .rtnl import Rtnl
 
@@ -174,10 +174,14 @@ class Adapter:
         elif isinstance(op, EnableForwarding):
             _enable_forwarding()
         elif isinstance(op, AddNetworkFilter):
-            self.nft.run(firewall.base_script() + firewall.add_network_script(op.network))
+            # Re-applied after a restart or a change: the old masquerade rule goes, by handle, in
+            # the same batch as its replacement.
+            self.nft.run(firewall.base_script() + firewall.remove_network_script(
+                op.network, self.masquerade_handles(op.network.network_id), present=False)
+                + firewall.add_network_script(op.network))
         elif isinstance(op, RemoveNetworkFilter):
             handles = self.masquerade_handles(op.network.network_id)
-            present = firewall_chain_present(self.nft, f"net-{op.network.bridge[3:]}")
+            present = firewall_chain_present(self.nft, network_chain_name(op.network.network_id))
             script = firewall.remove_network_script(op.network, handles, present)
             if script:
                 self.nft.run(script)
@@ -234,9 +238,9 @@ class Adapter:
 
     def masquerade_handles(self, network_id: str) -> List[int]:
         comment = firewall.masquerade_comment(network_id)
-        return [rule["handle"] for rule in self.rules("postrouting") if rule.get("comment") == comment]
+        return [int(rule["handle"]) for rule in self.rules("postrouting") if rule.get("comment") == comment]
 
-    def rules(self, chain: str) -> List[dict]:
+    def rules(self, chain: str) -> List[Dict[str, Any]]:
         try:
             listed = self.nft.query(f"list chain {firewall.TABLE} {chain}")
         except NftError:

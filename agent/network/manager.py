@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, Optional, Set
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
@@ -25,57 +25,13 @@ from ..messages import core_alert
 from ..ports import Sender
 from . import firewall
 from .adapter import Adapter
-from .hostfiles import HostFiles, instance_files
+from .hostfiles import instance_files
+from .instance import AttachRequest, InstanceNetwork
 from .plan import (OUR_LINK, AddDnsNames, AddInstanceFilter, Attachment, Limits, Network, Rule, check_attachment,
                    network_chain_name, plan_attach, plan_detach, plan_network_create, plan_networks)
 from .prerequisites import Prerequisites
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class NetworkParameters:
-    """``InstanceInfo.network_parameters`` (or a pull source's equivalent)."""
-
-    network_id: str
-    subnet: str
-    ip: str
-    dns_servers: Tuple[str, ...] = ()
-    rules: Tuple[Rule, ...] = ()
-
-    @classmethod
-    def of(cls, info: sm_pb2.InstanceInfo) -> Optional[NetworkParameters]:
-        if not info.HasField("network_parameters") or not info.network_parameters.network_id:
-            return None
-        p = info.network_parameters
-        return cls(p.network_id, p.subnet, p.ip, tuple(p.dns_servers),
-                   tuple(Rule(r.dst_ip, r.dst_port, r.proto, r.src_ip) for r in p.rules))
-
-
-@dataclass(frozen=True)
-class AttachRequest:
-    namespace: str  # the container id: also the namespace's name
-    instance_id: str = ""
-    parameters: Optional[NetworkParameters] = None
-    names: Tuple[str, ...] = ()
-    hostname: str = ""
-    limits: Limits = Limits()
-
-
-@dataclass(frozen=True)
-class InstanceNetwork:
-    """What the container spec needs: the namespace to join and, networked, the two files."""
-
-    netns: Path
-    files: Optional[HostFiles]
-
-
-def default_names(item_id: str, subject_id: str, instance_index: int, network_id: str, hostname: str) -> List[str]:
-    """NETWORK.md: ``<instance>.<subject>.<item>``, for instance 0 also ``<subject>.<item>``, each
-    also with ``.<network_id>``, plus the item config's hostname."""
-    base = [f"{instance_index}.{subject_id}.{item_id}"] + ([f"{subject_id}.{item_id}"] if instance_index == 0 else [])
-    names = base + [f"{name}.{network_id}" for name in base] + ([hostname] if hostname else [])
-    return list(dict.fromkeys(names))
 
 
 class NetworkManager:
@@ -136,11 +92,11 @@ class NetworkManager:
                     adapter.run_all(plan_detach(attachment, self._networks.get(attachment.network_id)))
                     self._forget(namespace)
                     continue
-                network = self._networks.get(attachment.network_id)
-                if attachment.networked and network is not None:
+                home = self._networks.get(attachment.network_id)
+                if attachment.networked and home is not None:
                     # The links and the namespace survived; the rules and names are re-applied
                     # (both idempotent); traffic and shaping adopt their own state.
-                    ops = [op for op in plan_attach(attachment, network) if isinstance(op, (AddInstanceFilter, AddDnsNames))]
+                    ops = [op for op in plan_attach(attachment, home) if isinstance(op, (AddInstanceFilter, AddDnsNames))]
                     problems = adapter.run_all(ops)
                     for problem in problems:
                         log.warning("network: re-adopting %s: %s", namespace, problem)

@@ -10,7 +10,8 @@ from typing import Any, List, Optional
 from netns import Namespace, World
 
 from aos_sm.agent.network.build import adapter_factory
-from aos_sm.agent.network.manager import AttachRequest, NetworkManager, NetworkParameters
+from aos_sm.agent.network.instance import AttachRequest, NetworkParameters
+from aos_sm.agent.network.manager import NetworkManager
 from aos_sm.agent.network.prerequisites import check_prerequisites
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from aos_sm import hw
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
@@ -21,6 +21,7 @@ from .logs.service import LogService
 from .nodeconfig import NodeConfigState
 from .launcher import Launcher
 from .launcher.bundle import CpuCapacity
+from .launcher.records import container_prefix
 from .launcher.resources import HostResources
 from .nodeconfig_store import NodeConfigService
 from .messages import core_alert
@@ -30,6 +31,9 @@ from .registration import (Node, RegistrationPlan, discover, load_node_resources
                            plan_registration)
 from .transport import BlobUrlClient, GrpcTransport, Transport
 from .unsupported import UnsupportedNetwork
+
+if TYPE_CHECKING:
+    from .network.manager import NetworkManager
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +53,13 @@ class Agent:
     runtimes: Tuple[str, ...]  # the runtime types registered in SMInfo: the ones that can run here
     journal_alerts: Optional[JournalAlerts] = None
     expiry_watch: Optional[ExpiryWatch] = None  # certificates' last 7 days, checked while running
+    network: Optional[NetworkManager] = None  # None: network.enabled false
 
     def start(self) -> None:
         self.monitor.start()
+        if self.network is not None:
+            # Before the launcher: its restored instances attach to the networks brought back here.
+            self.network.start()
         if self.expiry_watch is not None:
             self.expiry_watch.start()
         if self.journal_alerts is not None:
@@ -66,6 +74,8 @@ class Agent:
         self.launcher.stop(timeout)
         stopped = self.monitor.stop(timeout) and stopped
         self.logs.close()
+        if self.network is not None:
+            self.network.close()
         if self.expiry_watch is not None:
             self.expiry_watch.stop()
         if self.journal_alerts is not None:
@@ -144,6 +154,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     for problem in usable.problems:
         log.warning("%s", problem)
         outbox.send(core_alert(problem))
+    network = build_network(config, outbox) if config.network_enabled else None
     launcher = Launcher(
         sender=outbox,
         working_dir=config.working_dir,
@@ -154,6 +165,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         image_ttl=config.image_ttl,
         resources=HostResources(config.resources_config_file, root),
         cpu=CpuCapacity.of_node(capacity),
+        network=network,
     )
     cloud = CloudConnection()
     # The offline TTL clock runs on the cloud status CM relays.
@@ -166,7 +178,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         launcher=launcher,
         logs=logs,
         monitoring=monitor,
-        network=UnsupportedNetwork(outbox),
+        network=network if network is not None else UnsupportedNetwork(outbox),
         cloud=cloud,
     )
     runtime_types = usable.types
@@ -182,7 +194,19 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         connect_timeout=connect_timeout,
     )
     return Agent(config, outbox, gateway, dispatcher, node_config, launcher, cloud, capacity, logs, monitor,
-                 runtime_types, journal_alerts, expiry if config.tls_mode != "plaintext" else None)
+                 runtime_types, journal_alerts, expiry if config.tls_mode != "plaintext" else None, network)
+
+
+def build_network(config: AgentConfig, outbox: Outbox) -> NetworkManager:
+    """The network manager; its netlink and nftables parts load only here, when it is enabled."""
+    from .network.build import adapter_factory  # noqa: PLC0415 - lazy: costs nothing when disabled
+    from .network.manager import NetworkManager  # noqa: PLC0415
+    from .network.prerequisites import check_prerequisites  # noqa: PLC0415
+
+    return NetworkManager(working_dir=config.working_dir, sender=outbox,
+                          namespace_prefix=container_prefix(config.cgroup_parent),
+                          make_adapter=adapter_factory(),
+                          prerequisites=lambda adapter: check_prerequisites(adapter.namespaces))
 
 
 def describe(agent: Agent) -> List[str]:

@@ -53,6 +53,7 @@ _KNOWN: Dict[str, Any] = {
     "architecture": None,
     "architecturevariant": None,
     "osversion": None,
+    "network": {"enabled": None},
 }
 
 # CM's fixed-size fields (PROTOCOL.md "Limits of the real CM"): a longer id or arch makes the real
@@ -123,6 +124,9 @@ class AgentConfig:
     architecture_variant: Optional[str] = None
     os_version: Optional[str] = None  # os_info.version as configured; else the kernel release
     image_ttl: float = 24 * 3600.0
+    # The network manager (NETWORK.md): every instance in its own network namespace. False runs
+    # instances in the agent's own network, as before the network manager existed.
+    network_enabled: bool = True
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     warnings: Tuple[str, ...] = ()
 
@@ -334,6 +338,15 @@ def _uplink_interfaces(reader: _Reader) -> Optional[Tuple[str, ...]]:
     return tuple(v.strip() for v in value)
 
 
+def _flag(reader: _Reader, key: str, default: bool) -> bool:
+    value = reader.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {json.dumps(value)}")
+    return value
+
+
 def parse_config(text: str) -> AgentConfig:
     """Parse the JSON text of a config file; raises ConfigError naming the bad key. Pure: reads
     nothing but ``text``."""
@@ -397,6 +410,7 @@ def parse_config(text: str) -> AgentConfig:
         architecture_variant=_variant(reader),
         os_version=_bounded(reader, "osVersion", MAX_OS_VERSION_CHARS),
         image_ttl=reader.seconds("imageTTL", 24 * 3600.0, positive=False),
+        network_enabled=_flag(reader, "network.enabled", True),
         raw=data,
         warnings=tuple(warnings),
     )

@@ -18,8 +18,7 @@ from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from ..errors import ResourceUnavailable
 from ..messages import now_timestamp
-from ..network.instance import AttachRequest, InstanceNetworkPort, NetworkParameters, default_names
-from ..network.plan import Limits
+from ..network.instance import AttachRequest, InstanceNetworkPort, Limits, NetworkParameters, default_names
 from ..ports import CrashRecord, InstanceKey, Sender
 from .bundle import aos_instance_id
 from .containers import Containers

@@ -111,6 +111,17 @@ class Adapter:
         self.traffic = traffic
         self.shaping = shaping
         self._uplink = uplink
+        self._firewall_ready = False
+
+    def ensure_firewall(self) -> None:
+        """Our table, base chains and dispatch rules, and the traffic accounting's, made when the
+        first network or networked instance needs them (an agent with no network never changes
+        the node's firewall)."""
+        if self._firewall_ready:
+            return
+        self.nft.run(firewall.base_script() + firewall.base_rules_script())
+        self.traffic.setup()
+        self._firewall_ready = True
 
     def run(self, ops: Sequence[Op]) -> None:
         done: List[Op] = []
@@ -176,7 +187,8 @@ class Adapter:
         elif isinstance(op, AddNetworkFilter):
             # Re-applied after a restart or a change: the old masquerade rule goes, by handle, in
             # the same batch as its replacement.
-            self.nft.run(firewall.base_script() + firewall.remove_network_script(
+            self.ensure_firewall()
+            self.nft.run(firewall.remove_network_script(
                 op.network, self.masquerade_handles(op.network.network_id), present=False)
                 + firewall.add_network_script(op.network))
         elif isinstance(op, RemoveNetworkFilter):
@@ -186,7 +198,8 @@ class Adapter:
             if script:
                 self.nft.run(script)
         elif isinstance(op, AddInstanceFilter):
-            self.nft.run(firewall.base_script() + firewall.add_instance_script(op.attachment, op.network))
+            self.ensure_firewall()
+            self.nft.run(firewall.add_instance_script(op.attachment, op.network))
         elif isinstance(op, RemoveInstanceFilter):
             script = firewall.remove_instance_script(
                 op.attachment, firewall_chain_present(self.nft, op.attachment.chain + "-out"))

@@ -10,7 +10,26 @@ from typing import List, Optional, Protocol, Set, Tuple
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from .hostfiles import HostFiles
-from .plan import Limits, Rule
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One outbound allow rule from CM (FirewallRule); ``dst_port`` is a port or ``a-b``."""
+
+    dst_ip: str
+    dst_port: str = ""
+    proto: str = ""
+    src_ip: str = ""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Item config quotas for the traffic parts (bytes per day; kbit/s)."""
+
+    download_limit: Optional[int] = None
+    upload_limit: Optional[int] = None
+    download_speed: Optional[int] = None
+    upload_speed: Optional[int] = None
 
 
 @dataclass(frozen=True)

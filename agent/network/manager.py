@@ -20,7 +20,7 @@ from typing import Callable, Dict, Optional, Set
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from ..atomic import write_atomic
-from ..errors import AosError, NotFound, NotSupported
+from ..errors import NotFound, NotSupported
 from ..messages import core_alert
 from ..ports import Sender
 from . import firewall
@@ -74,13 +74,6 @@ class NetworkManager:
                     self._sender.send(core_alert(text))
             self._load()
             adapter = self._adapter
-            try:
-                adapter.nft.run(firewall.base_script() + firewall.base_rules_script())
-                adapter.traffic.setup()
-            except AosError as err:
-                self._problem = f"network firewall unavailable: {err}"
-                log.error("%s", self._problem)
-                self._sender.send(core_alert(self._problem))
             for network in list(self._networks.values()):
                 try:
                     adapter.run(plan_network_create(network, self.prerequisites.vlan))

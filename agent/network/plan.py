@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import InvalidArgument
+from .instance import Limits, Rule
 
 BRIDGE_PREFIX = "br-"
 VLAN_PREFIX = "vlan-"
@@ -88,26 +89,6 @@ class Network:
     @property
     def prefix(self) -> int:
         return ipaddress.ip_network(self.subnet, strict=False).prefixlen
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One outbound allow rule from CM (FirewallRule); ``dst_port`` is a port or ``a-b``."""
-
-    dst_ip: str
-    dst_port: str = ""
-    proto: str = ""
-    src_ip: str = ""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Item config quotas for the traffic parts (bytes per day; kbit/s)."""
-
-    download_limit: Optional[int] = None
-    upload_limit: Optional[int] = None
-    download_speed: Optional[int] = None
-    upload_speed: Optional[int] = None
 
 
 @dataclass(frozen=True)

@@ -2,25 +2,25 @@
 start, said in one CoreAlert and by `aos-sm probe`; an instance that needs a missing feature
 fails with that reason).
 
-The checks try the real thing where that is cheap and harmless: link kinds are created in a
-throwaway namespace, the nftables features are loaded into a throwaway table of our own. Modules
+The checks try the real thing where that is cheap and harmless: link kinds are created, and the
+nftables features loaded, inside a throwaway namespace (nothing of the node's network is touched). Modules
 the kernel loads on demand count as present; this machine's kernel, for one, has no module files
 at all (everything built in), so a file lookup would say nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List
 
 from .namespaces import Namespaces
 from .nft import Nft
-from .rtnl import Rtnl
+from .rtnl import Rtnl, setns
 
 log = logging.getLogger(__name__)
 
@@ -53,32 +53,26 @@ class Prerequisites:
         return "; ".join(f"{name} missing: {self.reasons.get(name, '')}" for name in lacking)
 
 
-def _link_kinds(namespaces: Namespaces) -> Dict[str, str]:
-    """{kind: '' if it can be created, else why}, tried in a throwaway namespace."""
+def _link_kinds(inside: Rtnl) -> Dict[str, str]:
+    """{kind: '' if it can be created, else why}."""
     results: Dict[str, str] = {}
-    name = f"aos-sm-probe-{uuid.uuid4().hex[:8]}"
-    path = namespaces.create(name)
-    try:
-        with Rtnl.open_in(path) as inside:
-            attempts: Dict[str, Callable[[], None]] = {
-                "bridge": lambda: inside.add_bridge("probe-br"),
-                "veth": lambda: inside.add_link("probe-v0", "veth"),
-                "8021q": lambda: inside.add_vlan("probe-vl", "probe-v0", 7),
-                "ifb": lambda: inside.add_link("probe-ifb", "ifb"),
-            }
-            for kind, attempt in attempts.items():
-                try:
-                    attempt()
-                    results[kind] = ""
-                except Exception as err:
-                    results[kind] = str(err)
-    finally:
-        namespaces.delete(name)
+    attempts: Dict[str, Callable[[], None]] = {
+        "bridge": lambda: inside.add_bridge("probe-br"),
+        "veth": lambda: inside.add_link("probe-v0", "veth"),
+        "8021q": lambda: inside.add_vlan("probe-vl", "probe-v0", 7),
+        "ifb": lambda: inside.add_link("probe-ifb", "ifb"),
+    }
+    for kind, attempt in attempts.items():
+        try:
+            attempt()
+            results[kind] = ""
+        except Exception as err:
+            results[kind] = str(err)
     return results
 
 
 def _nft_features(nft: Nft) -> str:
-    table = f"inet aos-sm-probe-{uuid.uuid4().hex[:8]}"
+    table = "inet aos-sm-probe"
     script = (f"add table {table}\n"
               f"add chain {table} probe_post {{ type nat hook postrouting priority srcnat; }}\n"
               f"add rule {table} probe_post ip saddr 172.16.0.0/12 masquerade\n"
@@ -88,13 +82,39 @@ def _nft_features(nft: Nft) -> str:
         nft.run(script)
     except Exception as err:
         return str(err)
-    finally:
-        with contextlib.suppress(Exception):
-            nft.run(f"delete table {table}\n")
     return ""
 
 
-def check_prerequisites(nft: Nft, namespaces: Namespaces, ip_forward: str = "/proc/sys/net/ipv4/ip_forward") -> Prerequisites:
+def _probe_inside(path: str) -> Dict[str, str]:
+    """Link kinds and nftables features, tried on a thread inside a throwaway namespace: nothing
+    of the node's own network (links, firewall) is touched, and the namespace takes it all away."""
+    found: Dict[str, str] = {}
+
+    def body() -> None:
+        try:
+            with open(path, "rb") as target:
+                setns(target.fileno())
+            with Rtnl() as inside:
+                found.update(_link_kinds(inside))
+            nft = Nft()
+            try:
+                found["nf_tables nat/masquerade/ct"] = _nft_features(nft)
+            finally:
+                nft.close()
+        except Exception as err:
+            found.setdefault("bridge", f"probe failed: {err}")
+
+    thread = threading.Thread(target=body, name="network-probe", daemon=True)
+    thread.start()
+    thread.join()
+    return found
+
+
+FEATURES = ("bridge", "veth", "8021q", "ifb", "nf_tables nat/masquerade/ct", "dnsmasq", "ip_forward")
+
+
+def check_prerequisites(namespaces: Namespaces, ip_forward: str = "/proc/sys/net/ipv4/ip_forward") -> Prerequisites:
+    """Each of FEATURES present or not, with why."""
     present: Dict[str, bool] = {}
     reasons: Dict[str, str] = {}
 
@@ -103,13 +123,17 @@ def check_prerequisites(nft: Nft, namespaces: Namespaces, ip_forward: str = "/pr
         if problem:
             reasons[name] = problem
 
+    name = f"aos-sm-probe-{uuid.uuid4().hex[:8]}"
     try:
-        kinds = _link_kinds(namespaces)
+        path = namespaces.create(name)
+        try:
+            found = _probe_inside(str(path))
+        finally:
+            namespaces.delete(name)
     except Exception as err:
-        kinds = {kind: f"no network namespace: {err}" for kind in ("bridge", "veth", "8021q", "ifb")}
-    for kind in ("bridge", "veth", "8021q", "ifb"):
-        note(kind, kinds.get(kind, "not tried"))
-    note("nf_tables nat/masquerade/ct", _nft_features(nft))
+        found = {feature: f"no network namespace: {err}" for feature in FEATURES[:5]}
+    for feature in FEATURES[:5]:
+        note(feature, found.get(feature, "not tried"))
     note("dnsmasq", "" if shutil.which("dnsmasq") else "not on PATH")
     note("ip_forward", "" if os.access(ip_forward, os.W_OK) else f"{ip_forward} not writable")
     return Prerequisites(present, reasons)

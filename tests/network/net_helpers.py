@@ -35,7 +35,7 @@ def make_manager(world: World, working_dir: Path, prefix: Optional[str] = None, 
     def build() -> NetworkManager:
         manager = NetworkManager(working_dir=working_dir, sender=alerts, namespace_prefix=prefix,
                                  make_adapter=adapter_factory(**factory),
-                                 prerequisites=lambda a: check_prerequisites(a.nft, a.namespaces))
+                                 prerequisites=lambda a: check_prerequisites(a.namespaces))
         manager.start()
         return manager
 

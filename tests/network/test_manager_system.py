@@ -9,7 +9,7 @@ import pytest
 from net_helpers import instance_ns, links, make_manager, networks, request
 from netns import OUTSIDE_IP, World
 
-from aos_sm.agent.network.plan import Rule
+from aos_sm.agent.network.instance import Rule
 
 pytestmark = pytest.mark.system
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Set
 
 from ..errors import AosError, RuntimeFailure
 from . import firewall
@@ -21,7 +22,7 @@ from .plan import (AddAddress, AddBridge, AddDnsNames, AddDnsNetwork, AddInstanc
                    AddNetworkFilter, AddTraffic, AddVeth, AddVlan, DeleteAddress, DeleteLink, DeleteNamespace,
                    EnableForwarding, Nothing, Op, PEER_NAME, network_chain_name, RemoveDnsNames, RemoveDnsNetwork, RemoveInstanceFilter,
                    RemoveNetworkFilter, RemoveTraffic, Shape, Unshape, rollback)
-from .rtnl import Rtnl
+from .rtnl import Rtnl, setns, thread_netns
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,23 @@ class Adapter:
         self.shaping = shaping
         self._uplink = uplink
         self._firewall_ready = False
+        # The namespace this agent manages: the one the adapter was made in.
+        self._home = thread_netns()
+
+    @contextlib.contextmanager
+    def at_home(self) -> Iterator[None]:
+        """Run the block in the managed namespace whatever thread calls (network namespaces are
+        per thread): /proc/sys/net, processes started (dnsmasq) and threads made inside it all
+        belong there. On the agent's own threads this is a no-op in effect."""
+        current = thread_netns()
+        try:
+            setns(self._home)
+            try:
+                yield
+            finally:
+                setns(current)
+        finally:
+            os.close(current)
 
     def ensure_firewall(self) -> None:
         """Our table, base chains and dispatch rules, and the traffic accounting's, made when the

@@ -10,12 +10,13 @@ attaches take milliseconds, and a network change must never interleave with an a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Dict, Optional, Set
+from typing import Callable, Dict, Iterator, Optional, Set
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
@@ -73,27 +74,30 @@ class NetworkManager:
                     log.error("%s", text)
                     self._sender.send(core_alert(text))
             self._load()
-            adapter = self._adapter
-            for network in list(self._networks.values()):
-                try:
-                    adapter.run(plan_network_create(network, self.prerequisites.vlan))
-                except Exception as err:
-                    self._alert(f"network {network.network_id}: not restored: {err}")
-            for namespace, attachment in list(self._attachments.items()):
-                if not adapter.namespaces.path(namespace).exists():
-                    log.warning("network: namespace %s is gone; its attachment is dropped", namespace)
-                    adapter.run_all(plan_detach(attachment, self._networks.get(attachment.network_id)))
-                    self._forget(namespace)
-                    continue
-                home = self._networks.get(attachment.network_id)
-                if attachment.networked and home is not None:
-                    # The links and the namespace survived; the rules and names are re-applied
-                    # (both idempotent); traffic and shaping adopt their own state.
-                    ops = [op for op in plan_attach(attachment, home) if isinstance(op, (AddInstanceFilter, AddDnsNames))]
-                    problems = adapter.run_all(ops)
-                    for problem in problems:
-                        log.warning("network: re-adopting %s: %s", namespace, problem)
-            self._save()
+            with self._adapter.at_home():
+                self._restore(self._adapter)
+
+    def _restore(self, adapter: Adapter) -> None:
+        for network in list(self._networks.values()):
+            try:
+                adapter.run(plan_network_create(network, self.prerequisites.vlan))
+            except Exception as err:
+                self._alert(f"network {network.network_id}: not restored: {err}")
+        for namespace, attachment in list(self._attachments.items()):
+            if not adapter.namespaces.path(namespace).exists():
+                log.warning("network: namespace %s is gone; its attachment is dropped", namespace)
+                adapter.run_all(plan_detach(attachment, self._networks.get(attachment.network_id)))
+                self._forget(namespace)
+                continue
+            home = self._networks.get(attachment.network_id)
+            if attachment.networked and home is not None:
+                # The links and the namespace survived; the rules and names are re-applied
+                # (both idempotent); traffic and shaping adopt their own state.
+                ops = [op for op in plan_attach(attachment, home) if isinstance(op, (AddInstanceFilter, AddDnsNames))]
+                problems = adapter.run_all(ops)
+                for problem in problems:
+                    log.warning("network: re-adopting %s: %s", namespace, problem)
+        self._save()
 
     def close(self) -> None:
         with self._lock:
@@ -104,8 +108,7 @@ class NetworkManager:
 
     def update_networks(self, request: sm_pb2.UpdateNetworks) -> None:
         desired = [Network(n.network_id, n.subnet, n.ip, n.vlan_id) for n in request.networks]
-        with self._lock:
-            adapter = self._ready()
+        with self._lock, self._home() as adapter:
             networked = {n: a for n, a in self._attachments.items() if a.networked}
             plan = plan_networks(self._networks, desired, networked, self.prerequisites.vlan)
             for refused in plan.refused:
@@ -141,8 +144,7 @@ class NetworkManager:
     def attach(self, request: AttachRequest, run: int) -> InstanceNetwork:
         """The instance's namespace, networked as requested; on any failure everything done so far
         is rolled back and the error raised (the start fails with it)."""
-        with self._lock:
-            adapter = self._ready()
+        with self._lock, self._home() as adapter:
             old = self._attachments.get(request.namespace)
             if old is not None:
                 adapter.run_all(plan_detach(old, self._networks.get(old.network_id)))
@@ -181,7 +183,8 @@ class NetworkManager:
             attachment = self._attachments.get(namespace)
             if attachment is None or self._adapter is None or self._runs.get(namespace, 0) > run:
                 return
-            problems = self._adapter.run_all(plan_detach(attachment, self._networks.get(attachment.network_id)))
+            with self._adapter.at_home():
+                problems = self._adapter.run_all(plan_detach(attachment, self._networks.get(attachment.network_id)))
             self._forget(namespace)
             self._save()
             if problems:
@@ -191,25 +194,28 @@ class NetworkManager:
         """After a restart: detach what no kept instance owns, and remove everything of ours that
         nothing stored owns (links by our name patterns, namespaces with our prefix, our chains)."""
         with self._lock:
-            adapter = self._adapter
-            if adapter is None:
+            if self._adapter is None:
                 return
-            for namespace in [n for n in self._attachments if n not in namespaces]:
-                self.detach(namespace, self._runs.get(namespace, 0))
-            owned_links = {n.bridge for n in self._networks.values()} | \
-                {n.vlan for n in self._networks.values() if n.vlan_id} | \
-                {a.veth for a in self._attachments.values() if a.networked}
-            for link in adapter.rtnl.links():
-                if OUR_LINK.match(link.name) and link.name not in owned_links:
-                    log.warning("network: link %s belongs to nothing stored: removed", link.name)
-                    adapter.rtnl.delete_link(link.name)
-            for name in adapter.namespaces.names():
-                if name.startswith(self._prefix) and name not in self._attachments:
-                    log.warning("network: namespace %s belongs to nothing stored: removed", name)
-                    adapter.namespaces.delete(name)
-            self._remove_stray_chains(adapter)
-            adapter.dns.adopt(set(self._networks))
-            adapter.traffic.adopt({n for n, a in self._attachments.items() if a.networked})
+            with self._adapter.at_home():
+                self._keep_only(self._adapter, namespaces)
+
+    def _keep_only(self, adapter: Adapter, namespaces: Set[str]) -> None:
+        for namespace in [n for n in self._attachments if n not in namespaces]:
+            self.detach(namespace, self._runs.get(namespace, 0))
+        owned_links = {n.bridge for n in self._networks.values()} | \
+            {n.vlan for n in self._networks.values() if n.vlan_id} | \
+            {a.veth for a in self._attachments.values() if a.networked}
+        for link in adapter.rtnl.links():
+            if OUR_LINK.match(link.name) and link.name not in owned_links:
+                log.warning("network: link %s belongs to nothing stored: removed", link.name)
+                adapter.rtnl.delete_link(link.name)
+        for name in adapter.namespaces.names():
+            if name.startswith(self._prefix) and name not in self._attachments:
+                log.warning("network: namespace %s belongs to nothing stored: removed", name)
+                adapter.namespaces.delete(name)
+        self._remove_stray_chains(adapter)
+        adapter.dns.adopt(set(self._networks))
+        adapter.traffic.adopt({n for n, a in self._attachments.items() if a.networked})
 
     def _remove_stray_chains(self, adapter: Adapter) -> None:
         owned = {network_chain_name(n) for n in self._networks}
@@ -244,10 +250,13 @@ class NetworkManager:
 
     # --- internals
 
-    def _ready(self) -> Adapter:
+    @contextlib.contextmanager
+    def _home(self) -> Iterator[Adapter]:
+        """The adapter, with the calling thread in the managed namespace for the block."""
         if self._adapter is None:
             raise NotSupported(self._problem or "network manager not started")
-        return self._adapter
+        with self._adapter.at_home():
+            yield self._adapter
 
     def _forget(self, namespace: str) -> None:
         self._attachments.pop(namespace, None)

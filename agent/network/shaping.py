@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib
 import logging
-from typing import Any, Iterable, Optional, Set
+from typing import Any, Iterable, Optional, Set, Tuple
 
 from ..errors import InvalidArgument, NotFound, RuntimeFailure
 
@@ -55,9 +56,7 @@ def shape(host_veth: str, download_kbit: Optional[int], upload_kbit: Optional[in
     """Limit the speeds of the instance behind ``host_veth`` (None: that direction unlimited).
 
     Replaces whatever shaping the veth had, so it also applies a changed item config."""
-    from pyroute2 import IPRoute  # lazy: see the module docstring
-    from pyroute2.netlink.exceptions import NetlinkError
-
+    IPRoute, NetlinkError = _pyroute2()
     download_rate = _rate_bytes_per_second(download_kbit, "downloadSpeed") if download_kbit else None
     upload_rate = _rate_bytes_per_second(upload_kbit, "uploadSpeed") if upload_kbit else None
     unshape(host_veth)
@@ -89,9 +88,7 @@ def shape(host_veth: str, download_kbit: Optional[int], upload_kbit: Optional[in
 def unshape(host_veth: str) -> None:
     """Remove the speed limits of ``host_veth`` and its ifb; what is already gone is fine (the
     veth may have gone with its namespace)."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
+    IPRoute, NetlinkError = _pyroute2()
     with IPRoute() as ipr:
         indexes = ipr.link_lookup(ifname=host_veth)
         if indexes:
@@ -111,9 +108,7 @@ def unshape(host_veth: str) -> None:
 def remove_stray_ifbs(keep_host_veths: Iterable[str]) -> Set[str]:
     """At agent start: delete every ``ifb-*`` device that belongs to none of ``keep_host_veths``
     (its instance is gone); returns the names deleted."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
+    IPRoute, NetlinkError = _pyroute2()
     wanted = {ifb_name(veth) for veth in keep_host_veths}
     removed: Set[str] = set()
     with IPRoute() as ipr:
@@ -125,6 +120,14 @@ def remove_stray_ifbs(keep_host_veths: Iterable[str]) -> Set[str]:
                 _delete_link(ipr, name, NetlinkError)
                 removed.add(name)
     return removed
+
+
+def _pyroute2() -> Tuple[Any, Any]:
+    """IPRoute and NetlinkError, imported on first use (see the module docstring); pyroute2 has
+    no type information, so they are Any."""
+    iproute = importlib.import_module("pyroute2").IPRoute
+    netlink_error = importlib.import_module("pyroute2.netlink.exceptions").NetlinkError
+    return iproute, netlink_error
 
 
 def _index(ipr: Any, ifname: str) -> int:

@@ -131,3 +131,47 @@ def outside_udp_sink(world: World, port: int) -> Optional[socket.socket]:
         sock.bind(("0.0.0.0", port))
         return sock
     return world.outside.call(bind)
+
+
+def tcp_download(client: Namespace, server_side: Namespace, host: str, port: int, size: int,
+                 timeout: float = 30.0) -> Tuple[int, float]:
+    """``client`` connects to a listener in ``server_side`` that sends ``size`` bytes; returns the
+    bytes the client read and the seconds from connect to end of stream."""
+    import threading
+
+    server = server_side.listen(port)
+    server.settimeout(timeout)
+
+    def serve() -> None:
+        try:
+            connection, _ = server.accept()
+        except OSError:
+            return
+        with connection:
+            try:
+                connection.sendall(b"z" * size)
+            except OSError:
+                return
+
+    writer = threading.Thread(target=serve)
+    writer.start()
+
+    def receive() -> Tuple[int, float]:
+        received = 0
+        started = time.monotonic()
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    received += len(chunk)
+        except OSError:
+            pass
+        return received, time.monotonic() - started
+
+    try:
+        return client.call(receive)
+    finally:
+        writer.join(timeout + 5)
+        server.close()

@@ -51,12 +51,19 @@ _PRIORITY = "filter + 10"
 
 @dataclass(frozen=True)
 class InstanceTraffic:
-    """An instance's public bytes in the current period and its limits (None: unlimited)."""
+    """An instance's public bytes in the current period and its limits (None: unlimited).
+
+    ``download_cut`` / ``upload_cut``: the limit is used up and the kernel drops that direction.
+    The counted bytes can stay just below the limit then (the packet that would cross it is
+    dropped, not counted), so this, not ``download >= download_limit``, says the limit is reached.
+    """
 
     download: int
     upload: int
     download_limit: Optional[int] = None
     upload_limit: Optional[int] = None
+    download_cut: bool = False
+    upload_cut: bool = False
 
 
 @dataclass(frozen=True)
@@ -317,11 +324,19 @@ class Traffic:
                 self._save()
             period = self._period
             instances = dict(self._instances)
+            used: Dict[str, int] = {}
+            if any(item.download_limit or item.upload_limit for item in instances.values()):
+                used = {name: int(body.get("used", 0)) for name, body in self._objects("quota").items()}
         assert period is not None
-        node = period.total(NODE)
-        return TrafficReading(node, {
-            instance_id: InstanceTraffic(period.total(instance_id).download, period.total(instance_id).upload,
-                                         item.download_limit, item.upload_limit)
+
+        def cut(instance_id: str, direction: str, limit: Optional[int]) -> bool:
+            return limit is not None and used.get(f"{instance_tag(instance_id)}-{direction}-q", 0) >= limit
+
+        return TrafficReading(period.total(NODE), {
+            instance_id: InstanceTraffic(
+                period.total(instance_id).download, period.total(instance_id).upload,
+                item.download_limit, item.upload_limit,
+                cut(instance_id, "down", item.download_limit), cut(instance_id, "up", item.upload_limit))
             for instance_id, item in instances.items()})
 
     def instances(self) -> Iterable[str]:

@@ -105,7 +105,7 @@ def test_an_upload_limit_cuts_the_transfer_at_the_limit_until_the_day_changes(
     assert 100_000 < after < 100_000 * 1.1
 
 
-def test_the_totals_survive_a_reboot_that_lost_the_kernel_objects(world: World, tmp_path: Path) -> None:
+def test_the_totals_survive_a_clean_stop_and_reboot_that_lost_the_kernel_objects(world: World, tmp_path: Path) -> None:
     lan = make_lan(world)
     sender = add_instance(lan, "172.17.0.2")
     state = tmp_path / "traffic.json"
@@ -118,6 +118,7 @@ def test_the_totals_survive_a_reboot_that_lost_the_kernel_objects(world: World, 
     sink.close()
     before = in_node(world, lambda: traffic.read(NOON + 35)).instances["inst-a"].upload
     assert before >= 100 * 1028
+    in_node(world, traffic.close)  # the agent stops cleanly
     world.node.run("nft", "delete", "table", *TABLE.split())  # what a reboot does to the table
     rebooted = new_traffic(world, state)
     in_node(world, lambda: rebooted.add_instance("inst-a", sender.ip, None, 10_000_000))
@@ -147,3 +148,51 @@ def test_adopt_removes_the_objects_of_instances_that_are_gone_and_nothing_else(
     assert "acct-i-" not in ruleset and "acct-node-down" in ruleset and "fw-forward" in ruleset
 
 
+
+
+def test_download_is_counted_and_a_download_limit_cuts_it(world: World, tmp_path: Path) -> None:
+    lan = make_lan(world)
+    receiver = add_instance(lan, "172.17.0.2")
+    world.outside.run("ip", "route", "add", "172.17.0.0/16", "via", "203.0.113.2")
+    traffic = new_traffic(world, tmp_path / "traffic.json")
+    in_node(world, lambda: traffic.add_instance("inst-a", receiver.ip, 300_000, None))
+    in_node(world, lambda: traffic.read(NOON))
+
+    def bind() -> object:
+        import socket
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("0.0.0.0", 9400))
+        return sock
+    sink = receiver.namespace.call(bind)
+    try:
+        send_udp(world.outside, receiver.ip, 9400, 100, 1000)  # routed in, not masqueraded
+        first = in_node(world, lambda: traffic.read(NOON + 35)).instances["inst-a"]
+        assert first.download == 100 * 1028 and first.upload == 0 and not first.download_cut
+        send_udp(world.outside, receiver.ip, 9400, 500, 1000)
+        second = in_node(world, lambda: traffic.read(NOON + 70)).instances["inst-a"]
+        assert 300_000 - 1028 <= second.download <= 300_000
+        assert second.download_cut
+    finally:
+        sink.close()  # type: ignore[attr-defined]
+
+
+def test_accounting_that_someone_removed_is_put_back_at_the_next_reading(world: World, tmp_path: Path) -> None:
+    lan = make_lan(world)
+    sender = add_instance(lan, "172.17.0.2")
+    traffic = new_traffic(world, tmp_path / "traffic.json")
+    in_node(world, lambda: traffic.add_instance("inst-a", sender.ip, None, 50_000))
+    in_node(world, lambda: traffic.read(NOON))
+    sink = outside_udp_sink(world, 9000)
+    assert sink is not None
+    try:
+        send_udp(sender.namespace, OUTSIDE_IP, 9000, 20, 1000)
+        before = in_node(world, lambda: traffic.read(NOON + 35)).instances["inst-a"].upload
+        assert before == 20 * 1028
+        world.node.run("nft", "flush", "ruleset")  # a peer that "cleans up" the firewall
+        after = in_node(world, lambda: traffic.read(NOON + 70))
+        assert after.instances["inst-a"].upload == before  # the day's bytes are kept
+        send_udp(sender.namespace, OUTSIDE_IP, 9000, 100, 1000)  # the limit holds again
+        final = in_node(world, lambda: traffic.read(NOON + 105)).instances["inst-a"]
+        assert 50_000 - 1028 <= final.upload <= 50_000 and final.upload_cut
+    finally:
+        sink.close()

@@ -236,7 +236,8 @@ class Containers:
         partitions = tuple((name, self.host_path(name, path)) for name, path in
                            (("storage", instance.info.storage_path), ("state", instance.info.state_path)) if path)
         return MonitoredInstance(key, instance.info.runtime_id, self.cgroup(instance.container_id),
-                                 instance.info.monitoring_parameters, partitions)
+                                 instance.info.monitoring_parameters, partitions,
+                                 instance_id=instance.container_id)
 
 
 def _write_bundle_config(path: Path, data: bytes) -> None:

@@ -56,10 +56,11 @@ class Agent:
     network: Optional[NetworkManager] = None  # None: network.enabled false
 
     def start(self) -> None:
-        self.monitor.start()
         if self.network is not None:
-            # Before the launcher: its restored instances attach to the networks brought back here.
+            # Before the launcher (its restored instances attach to the networks brought back
+            # here) and the monitor (which reads its traffic accounting).
             self.network.start()
+        self.monitor.start()
         if self.expiry_watch is not None:
             self.expiry_watch.start()
         if self.journal_alerts is not None:
@@ -143,9 +144,12 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     node_config = NodeConfigService(config.node_config_file)
     if node_config.state == NodeConfigState.FAILED:
         outbox.send(core_alert(f"stored node config {config.node_config_file} is unreadable; state failed"))
+    network = build_network(config, outbox) if config.network_enabled else None
+    # With the network manager, download/upload are its accounting of public traffic (NETWORK.md).
     monitor = Monitor(sender=outbox, capacity=capacity, poll_period=config.poll_period,
                       average_window=config.average_window, partitions=config.monitoring_partitions,
-                      uplink_interfaces=config.uplink_interfaces, root=root)
+                      uplink_interfaces=config.uplink_interfaces, root=root,
+                      traffic=network.traffic_port() if network is not None else None)
     monitor.on_node_config(node_config.current())
     node_config.add_listener(monitor.on_node_config)
     # GetBlobsInfos over whichever session is live: the gateway attaches each one.
@@ -154,7 +158,6 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     for problem in usable.problems:
         log.warning("%s", problem)
         outbox.send(core_alert(problem))
-    network = build_network(config, outbox) if config.network_enabled else None
     launcher = Launcher(
         sender=outbox,
         working_dir=config.working_dir,
@@ -199,13 +202,13 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
 
 def build_network(config: AgentConfig, outbox: Outbox) -> NetworkManager:
     """The network manager; its netlink and nftables parts load only here, when it is enabled."""
-    from .network.build import adapter_factory  # noqa: PLC0415 - lazy: costs nothing when disabled
+    from .network.build import real_parts  # noqa: PLC0415 - lazy: costs nothing when disabled
     from .network.manager import NetworkManager  # noqa: PLC0415
     from .network.prerequisites import check_prerequisites  # noqa: PLC0415
 
     return NetworkManager(working_dir=config.working_dir, sender=outbox,
                           namespace_prefix=container_prefix(config.cgroup_parent),
-                          make_adapter=adapter_factory(),
+                          make_adapter=real_parts(config.working_dir / "network"),
                           prerequisites=lambda adapter: check_prerequisites(adapter.namespaces))
 
 

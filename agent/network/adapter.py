@@ -47,6 +47,7 @@ class TrafficPort(Protocol):
                      upload_limit: Optional[int]) -> None: ...
     def remove_instance(self, instance_id: str) -> None: ...
     def adopt(self, keep_instances: Set[str]) -> None: ...
+    def close(self) -> None: ...
 
 
 class ShapingPort(Protocol):
@@ -88,6 +89,9 @@ class NoTraffic:
         pass
 
     def adopt(self, keep_instances: Set[str]) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 

@@ -12,10 +12,42 @@ from .nft import Nft
 from .rtnl import Rtnl
 
 
+class TcShaping:
+    """``shaping.py``'s functions as the adapter's ShapingPort (pyroute2 loads on the first shape)."""
+
+    def shape(self, host_veth: str, download_kbit: Optional[int], upload_kbit: Optional[int]) -> None:
+        from . import shaping  # noqa: PLC0415 - only nodes that shape pay for it
+
+        shaping.shape(host_veth, download_kbit, upload_kbit)
+
+    def unshape(self, host_veth: str) -> None:
+        from . import shaping  # noqa: PLC0415
+
+        shaping.unshape(host_veth)
+
+
+def real_parts(state_dir: Path) -> Callable[[], Adapter]:
+    """The adapter with dnsmasq per network, nftables accounting and tc shaping, state under
+    ``state_dir`` (``<workingDir>/network``)."""
+
+    def dns(_nft: Nft) -> DnsPort:
+        from .dns import DnsService  # noqa: PLC0415
+
+        return DnsService(state_dir / "dns")
+
+    def traffic(nft: Nft) -> TrafficPort:
+        from .traffic import Traffic  # noqa: PLC0415
+
+        return Traffic(nft, state_dir / "traffic.json")
+
+    return adapter_factory(dns=dns, traffic=traffic, shaping=TcShaping())
+
+
 def adapter_factory(*, netns_dir: Path = NETNS_DIR, dns: Optional[Callable[[Nft], DnsPort]] = None,
                     traffic: Optional[Callable[[Nft], TrafficPort]] = None,
                     shaping: Optional[ShapingPort] = None) -> Callable[[], Adapter]:
-    """A factory called once, on the thread (hence in the network namespace) the agent manages."""
+    """A factory called once, on the thread (hence in the network namespace) the agent manages:
+    the DNS supervisor thread it starts lives there too."""
 
     def make() -> Adapter:
         rtnl = Rtnl()

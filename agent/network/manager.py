@@ -16,7 +16,7 @@ import logging
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Set
+from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
@@ -52,6 +52,7 @@ class NetworkManager:
         self._networks: Dict[str, Network] = {}
         self._attachments: Dict[str, Attachment] = {}
         self._runs: Dict[str, int] = {}
+        self._upstream: Dict[str, Tuple[str, ...]] = {}
 
     # --- start and stop
 
@@ -75,6 +76,11 @@ class NetworkManager:
                     self._sender.send(core_alert(text))
             self._load()
             with self._adapter.at_home():
+                try:
+                    # Our table and the node's traffic counters from the start (NETWORK.md).
+                    self._adapter.ensure_firewall()
+                except Exception as err:
+                    self._alert(f"network firewall unavailable: {err}")
                 self._restore(self._adapter)
 
     def _restore(self, adapter: Adapter) -> None:
@@ -100,9 +106,27 @@ class NetworkManager:
         self._save()
 
     def close(self) -> None:
+        """At agent stop: dnsmasq servers keep running (the next start adopts them); the day's
+        traffic is stored."""
         with self._lock:
             if self._adapter is not None:
-                self._adapter.dns.close()
+                with self._adapter.at_home():
+                    self._adapter.dns.close()
+                    try:
+                        self._adapter.traffic.close()
+                    except Exception as err:
+                        log.warning("network: storing traffic at stop: %s", err)
+
+    def traffic_port(self) -> "TrafficReader":
+        """The accounting as monitoring reads it (in the managed namespace, whatever thread)."""
+        return TrafficReader(self)
+
+    def read_traffic(self, now: float) -> Any:
+        with self._lock:
+            if self._adapter is None or not hasattr(self._adapter.traffic, "read"):
+                raise NotSupported(self._problem or "network manager not started")
+            with self._adapter.at_home():
+                return self._adapter.traffic.read(now)  # type: ignore[attr-defined]
 
     # --- UpdateNetworks (NetworkPort)
 
@@ -164,6 +188,8 @@ class NetworkManager:
                 check_attachment(attachment, network)
             adapter.run(plan_attach(attachment, network))
             self._attachments[request.namespace] = attachment
+            if network is not None:
+                self._update_upstream(adapter, network)
             self._runs[request.namespace] = run
             try:
                 self._save()
@@ -250,6 +276,17 @@ class NetworkManager:
 
     # --- internals
 
+    def _update_upstream(self, adapter: Adapter, network: Network) -> None:
+        """dnsmasq's upstream servers: the ``dns_servers`` CM gave the network's instances."""
+        upstream = tuple(dict.fromkeys(server for a in self._attachments.values()
+                                       if a.network_id == network.network_id for server in a.dns_servers))
+        if upstream and self._upstream.get(network.network_id) != upstream:
+            self._upstream[network.network_id] = upstream
+            try:
+                adapter.dns.set_network(network.network_id, network.bridge, network.ip, upstream)
+            except Exception as err:
+                log.warning("network %s: upstream DNS servers not set: %s", network.network_id, err)
+
     @contextlib.contextmanager
     def _home(self) -> Iterator[Adapter]:
         """The adapter, with the calling thread in the managed namespace for the block."""
@@ -302,3 +339,13 @@ class NetworkManager:
         data = {"networks": [asdict(n) for n in self._networks.values()], "attachments": attachments}
         write_atomic(self._state_path, json.dumps(data, indent=1).encode(), 0o600)
 
+
+
+class TrafficReader:
+    """monitoring's TrafficPort: ``read(now)`` through the manager."""
+
+    def __init__(self, manager: NetworkManager) -> None:
+        self._manager = manager
+
+    def read(self, now: float) -> Any:
+        return self._manager.read_traffic(now)

@@ -9,7 +9,7 @@ from typing import Any, List, Optional
 
 from netns import Namespace, World
 
-from aos_sm.agent.network.build import adapter_factory
+from aos_sm.agent.network.build import adapter_factory, real_parts
 from aos_sm.agent.network.instance import AttachRequest, NetworkParameters
 from aos_sm.agent.network.manager import NetworkManager
 from aos_sm.agent.network.prerequisites import check_prerequisites
@@ -27,14 +27,17 @@ class Alerts:
         return [m.alert.core_alert.message for m in self.messages if m.alert.HasField("core_alert")]
 
 
-def make_manager(world: World, working_dir: Path, prefix: Optional[str] = None, **factory: Any) -> NetworkManager:
-    """Built and started on a thread inside the node namespace, so its sockets live there."""
+def make_manager(world: World, working_dir: Path, prefix: Optional[str] = None, real: bool = False,
+                 **factory: Any) -> NetworkManager:
+    """Built and started on a thread inside the node namespace, so its sockets live there;
+    ``real``: with dnsmasq, traffic accounting and tc shaping (as the agent builds it)."""
     alerts = Alerts()
     prefix = prefix or f"aos-sm-nt{uuid.uuid4().hex[:6]}-"
 
     def build() -> NetworkManager:
         manager = NetworkManager(working_dir=working_dir, sender=alerts, namespace_prefix=prefix,
-                                 make_adapter=adapter_factory(**factory),
+                                 make_adapter=real_parts(working_dir / "network") if real
+                                 else adapter_factory(**factory),
                                  prerequisites=lambda a: check_prerequisites(a.namespaces))
         manager.start()
         return manager

@@ -5,6 +5,7 @@ link, address, route and rule lands in namespaces the test made."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -46,7 +47,7 @@ def setup(world: World, tmp_path: Path, runc_problem: None) -> Iterator[Dict[str
     image = build_image([busybox_layer(busybox)], entrypoint=SERVICE[:2], cmd=SERVICE[2:])
     urls = server.publish(image)
     sender = RecordingSender()
-    manager = make_manager(world, tmp_path / "work", prefix=parent + "-")
+    manager = make_manager(world, tmp_path / "work", prefix=parent + "-", real=True)
     launcher = Launcher(sender=sender, working_dir=tmp_path / "work", runtimes={RUNC_ID: ("runc", "runc")},
                         resolver=lambda digests: [urls[d] for d in digests], monitor=NullMonitor(),
                         cgroup_parent=parent, stop_timeout=5.0, network=manager)
@@ -54,7 +55,9 @@ def setup(world: World, tmp_path: Path, runc_problem: None) -> Iterator[Dict[str
     yield {"launcher": launcher, "manager": manager, "sender": sender, "image": image}
     launcher.stop_all_instances()
     launcher.stop()
+    manager.update_networks(networks())  # the networks go: bridges, dnsmasq
     manager.keep_only(set())
+    manager.close()
     remove_containers(tmp_path / "work" / "launcher" / "runtime" / "runc")
     remove_cgroups(parent)
     server.close()
@@ -72,6 +75,15 @@ def bundle_netns(tmp_path: Path, launcher: Launcher, name: str) -> str:
     spec = json.loads((tmp_path / "work" / "launcher" / "bundles" / container / "config.json").read_text())
     [network] = [ns for ns in spec["linux"]["namespaces"] if ns["type"] == "network"]
     return str(network["path"])
+
+
+def in_container(tmp_path: Path, launcher: Launcher, name: str, *command: str) -> str:
+    from aos_sm.agent.ports import InstanceKey  # noqa: PLC0415
+    container = launcher._containers.container_id(InstanceKey(name, "subj", 0))  # noqa: SLF001
+    root = tmp_path / "work" / "launcher" / "runtime" / "runc"
+    done = subprocess.run(["runc", "--root", str(root), "exec", container, *command], capture_output=True,
+                          text=True, timeout=30, check=False)
+    return done.stdout + done.stderr
 
 
 def test_instances_get_their_own_namespaces_networked_or_loopback_only(
@@ -93,6 +105,11 @@ def test_instances_get_their_own_namespaces_networked_or_loopback_only(
     # The container's own view: its processes are in that namespace.
     hosts = (tmp_path / "work" / "launcher" / "bundles" / web.name / "hosts").read_text()
     assert "172.18.0.2 net-a" in hosts
+    # Each resolves the other's names through the network's dnsmasq (its /etc/resolv.conf).
+    for who, other, ip in (("web", "db", "172.18.0.3"), ("db", "web", "172.18.0.2")):
+        for name in (f"0.subj.{other}", f"subj.{other}.net-a"):
+            answer = in_container(tmp_path, launcher, who, "/bin/busybox", "nslookup", name)
+            assert ip in answer, answer
     server = web.listen(7000)
     try:
         db = Namespace(Path(bundle_netns(tmp_path, launcher, "db")).name)

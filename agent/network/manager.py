@@ -84,11 +84,16 @@ class NetworkManager:
                 self._restore(self._adapter)
 
     def _restore(self, adapter: Adapter) -> None:
+        # The DNS servers of the stored networks still run: owned again before anything asks for
+        # them (a second server on the same address would fail).
+        try:
+            adapter.dns.adopt(set(self._networks))
+        except Exception as err:
+            log.warning("network: adopting the DNS servers: %s", err)
         for network in list(self._networks.values()):
-            try:
-                adapter.run(plan_network_create(network, self.prerequisites.vlan))
-            except Exception as err:
-                self._alert(f"network {network.network_id}: not restored: {err}")
+            # Re-applied step by step, never rolled back: what exists stays, what is missing is made.
+            for problem in adapter.run_all(plan_network_create(network, self.prerequisites.vlan)):
+                self._alert(f"network {network.network_id}: not fully restored: {problem}")
         for namespace, attachment in list(self._attachments.items()):
             if not adapter.namespaces.path(namespace).exists():
                 log.warning("network: namespace %s is gone; its attachment is dropped", namespace)

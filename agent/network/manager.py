@@ -160,8 +160,11 @@ class NetworkManager:
                     continue
                 self._networks[network_id] = wanted[network_id]
             for network_id, instances in plan.detached:
-                self._alert(f"network {network_id} removed: instances detached (loopback only): "
-                            f"{', '.join(instances) or 'none'}")
+                if instances:
+                    self._alert(f"network {network_id} removed: instances detached (loopback only): "
+                                f"{', '.join(instances)}")
+                else:
+                    log.info("network %s removed", network_id)
             for network in plan.desired:
                 if network.vlan_id and not self.prerequisites.vlan and network.network_id in self._networks:
                     self._alert(f"network {network.network_id}: VLAN {network.vlan_id} not created "

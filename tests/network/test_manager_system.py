@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -74,4 +75,54 @@ def test_removing_a_network_detaches_its_instances_and_an_ip_change_moves_the_br
         assert links(instance_ns(Path("/run/netns") / (p + "a1"))) == ["lo"]
     finally:
         manager.detach(p + "a1", 99)
+        manager.keep_only(set())
+
+
+def test_a_vlan_id_puts_a_vlan_link_on_the_uplink_or_says_it_cannot(world: World, tmp_path: Path) -> None:
+    manager = make_manager(world, tmp_path)
+    try:
+        manager.update_networks(networks(("net-v", "172.20.0.0/16", "172.20.0.1", 42)))
+        assert [n for n in links(world.node) if n.startswith("br-")] != []  # the bridge in any case
+        if not manager.prerequisites.vlan:
+            assert any("VLAN 42 not created" in text for text in manager.alerts.texts())
+            pytest.skip("VLAN link not checked here because this kernel has no 8021q "
+                        f"({manager.prerequisites.reasons.get('8021q')}); the qemu-system boot test checks it")
+        detail = world.node.run("ip", "-d", "link", "show", next(n for n in links(world.node) if n.startswith("vlan-")))
+        assert "vlan protocol 802.1Q id 42" in detail.stdout and f"@{world.uplink}" in detail.stdout
+    finally:
+        manager.update_networks(networks())
+        manager.keep_only(set())
+
+
+def test_an_instance_needing_a_missing_feature_fails_with_that_reason_and_a_lonely_one_starts(
+        world: World, tmp_path: Path) -> None:
+    from aos_sm.agent.errors import NotSupported
+    from aos_sm.agent.network.build import adapter_factory
+    from aos_sm.agent.network.manager import NetworkManager
+    from aos_sm.agent.network.prerequisites import Prerequisites
+    from net_helpers import Alerts
+
+    alerts = Alerts()
+    lacking = Prerequisites({"bridge": True, "veth": True, "nf_tables nat/masquerade/ct": False},
+                            {"nf_tables nat/masquerade/ct": "nftables: Error: Could not process rule"})
+    prefix = f"aos-sm-miss{os.getpid() % 10000}-"
+
+    def build() -> NetworkManager:
+        manager = NetworkManager(working_dir=tmp_path, sender=alerts, namespace_prefix=prefix,
+                                 make_adapter=adapter_factory(), prerequisites=lambda _adapter: lacking)
+        manager.start()
+        return manager
+
+    manager = world.node.call(build)
+    try:
+        assert alerts.texts() == ["network prerequisites missing: nf_tables nat/masquerade/ct "
+                                  "(nftables: Error: Could not process rule)"]
+        manager.update_networks(networks(NET_A))
+        with pytest.raises(NotSupported, match="nf_tables nat/masquerade/ct missing"):
+            manager.attach(request(prefix + "a", "net-a", "172.18.0.0/16", "172.18.0.2"), 1)
+        assert not (Path("/run/netns") / (prefix + "a")).exists()
+        assert links(instance_ns(manager.attach(request(prefix + "b"), 1).netns)) == ["lo"]
+    finally:
+        manager.detach(prefix + "b", 99)
+        manager.update_networks(networks())
         manager.keep_only(set())

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Iterable, List
 
-from .plan import Attachment, Network, Rule, network_chain_name
+from .instance import Rule
+from .plan import Attachment, Network, network_chain_name
 
 TABLE = "inet aos-sm"
 # RFC 1918, and CM's pools (172.17-172.31 are inside 172.16/12): "other subnets" an instance

@@ -27,8 +27,8 @@ from ..ports import Sender
 from . import firewall
 from .adapter import Adapter
 from .hostfiles import instance_files
-from .instance import AttachRequest, InstanceNetwork
-from .plan import (OUR_LINK, AddDnsNames, AddInstanceFilter, Attachment, Limits, Network, Rule, check_attachment,
+from .instance import AttachRequest, InstanceNetwork, Limits, Rule
+from .plan import (OUR_LINK, AddDnsNames, AddInstanceFilter, Attachment, Network, check_attachment,
                    network_chain_name, plan_attach, plan_detach, plan_network_create, plan_networks)
 from .prerequisites import Prerequisites
 
@@ -131,7 +131,7 @@ class NetworkManager:
             if self._adapter is None or not hasattr(self._adapter.traffic, "read"):
                 raise NotSupported(self._problem or "network manager not started")
             with self._adapter.at_home():
-                return self._adapter.traffic.read(now)  # type: ignore[attr-defined]
+                return self._adapter.traffic.read(now)
 
     # --- UpdateNetworks (NetworkPort)
 

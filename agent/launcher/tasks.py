@@ -18,7 +18,7 @@ from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from ..errors import ResourceUnavailable
 from ..messages import now_timestamp
-from ..network.instance import AttachRequest, InstanceNetworkPort, Limits, NetworkParameters, default_names
+from ..network.instance import AttachRequest, InstanceNetworkPort, Limits, NetworkParameters
 from ..ports import CrashRecord, InstanceKey, Sender
 from .bundle import aos_instance_id
 from .containers import Containers
@@ -58,8 +58,10 @@ def attach_request(instance: Instance, image: Image) -> AttachRequest:
     hostname = item.hostname or ""
     names: Tuple[str, ...] = ()
     if params is not None:
+        from ..network.dns import instance_names  # noqa: PLC0415 - only networked instances need it
+
         ident = info.instance
-        names = tuple(default_names(ident.item_id, ident.subject_id, ident.instance, params.network_id, hostname))
+        names = tuple(instance_names(ident.item_id, ident.subject_id, ident.instance, params.network_id, hostname))
     quotas = item.quotas
     return AttachRequest(instance.container_id, instance_id_of(info), params, names, hostname,
                          Limits(quotas.download_limit, quotas.upload_limit, quotas.download_speed, quotas.upload_speed))

@@ -228,7 +228,7 @@ class Adapter:
             if script:
                 self.nft.run(script)
         elif isinstance(op, AddDnsNetwork):
-            self.dns.set_network(op.network.network_id, op.network.bridge, op.network.ip, ())
+            self.dns.set_network(op.network.network_id, op.network.bridge, op.network.ip, op.upstream)
         elif isinstance(op, RemoveDnsNetwork):
             self.dns.remove_network(op.network_id)
         elif isinstance(op, AddDnsNames):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Protocol, Set, Tuple
+from typing import Optional, Protocol, Set, Tuple
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
@@ -78,10 +78,3 @@ class InstanceNetworkPort(Protocol):
 
     def keep_only(self, namespaces: Set[str]) -> None: ...
 
-
-def default_names(item_id: str, subject_id: str, instance_index: int, network_id: str, hostname: str) -> List[str]:
-    """NETWORK.md: ``<instance>.<subject>.<item>``, for instance 0 also ``<subject>.<item>``, each
-    also with ``.<network_id>``, plus the item config's hostname."""
-    base = [f"{instance_index}.{subject_id}.{item_id}"] + ([f"{subject_id}.{item_id}"] if instance_index == 0 else [])
-    names = base + [f"{name}.{network_id}" for name in base] + ([hostname] if hostname else [])
-    return list(dict.fromkeys(names))

@@ -28,7 +28,7 @@ from . import firewall
 from .adapter import Adapter
 from .hostfiles import instance_files
 from .instance import AttachRequest, InstanceNetwork, Limits, Rule
-from .plan import (OUR_LINK, AddDnsNames, AddInstanceFilter, Attachment, Network, check_attachment,
+from .plan import (OUR_LINK, AddDnsNames, AddDnsNetwork, AddInstanceFilter, Attachment, Network, check_attachment,
                    network_chain_name, plan_attach, plan_detach, plan_network_create, plan_networks)
 from .prerequisites import Prerequisites
 
@@ -92,7 +92,11 @@ class NetworkManager:
             log.warning("network: adopting the DNS servers: %s", err)
         for network in list(self._networks.values()):
             # Re-applied step by step, never rolled back: what exists stays, what is missing is made.
-            for problem in adapter.run_all(plan_network_create(network, self.prerequisites.vlan)):
+            upstream = self._upstream_of(network.network_id)
+            self._upstream[network.network_id] = upstream
+            ops = [AddDnsNetwork(op.network, upstream) if isinstance(op, AddDnsNetwork) else op
+                   for op in plan_network_create(network, self.prerequisites.vlan)]
+            for problem in adapter.run_all(ops):
                 self._alert(f"network {network.network_id}: not fully restored: {problem}")
         for namespace, attachment in list(self._attachments.items()):
             if not adapter.namespaces.path(namespace).exists():
@@ -159,6 +163,8 @@ class NetworkManager:
                     self._alert(f"UpdateNetworks: network {network_id} not applied: {err}")
                     continue
                 self._networks[network_id] = wanted[network_id]
+                self._upstream.pop(network_id, None)  # the server was (re)configured without them
+                self._update_upstream(adapter, wanted[network_id])
             for network_id, instances in plan.detached:
                 if instances:
                     self._alert(f"network {network_id} removed: instances detached (loopback only): "
@@ -286,14 +292,17 @@ class NetworkManager:
 
     def _update_upstream(self, adapter: Adapter, network: Network) -> None:
         """dnsmasq's upstream servers: the ``dns_servers`` CM gave the network's instances."""
-        upstream = tuple(dict.fromkeys(server for a in self._attachments.values()
-                                       if a.network_id == network.network_id for server in a.dns_servers))
+        upstream = self._upstream_of(network.network_id)
         if upstream and self._upstream.get(network.network_id) != upstream:
             self._upstream[network.network_id] = upstream
             try:
                 adapter.dns.set_network(network.network_id, network.bridge, network.ip, upstream)
             except Exception as err:
                 log.warning("network %s: upstream DNS servers not set: %s", network.network_id, err)
+
+    def _upstream_of(self, network_id: str) -> Tuple[str, ...]:
+        return tuple(dict.fromkeys(server for a in self._attachments.values()
+                                   if a.network_id == network_id for server in a.dns_servers))
 
     @contextlib.contextmanager
     def _home(self) -> Iterator[Adapter]:

@@ -204,7 +204,10 @@ class RemoveInstanceFilter:
 
 @dataclass(frozen=True)
 class AddDnsNetwork:
+    """Start (or reconfigure) the network's DNS server; ``upstream``: CM's ``dns_servers``."""
+
     network: Network
+    upstream: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -369,8 +372,8 @@ def plan_network_change(old: Network, new: Network, vlan_supported: bool = True)
         if new.vlan_id and vlan_supported:
             ops.append(AddVlan(new.vlan, new.vlan_id, new.bridge))
     if (old.subnet, old.ip) != (new.subnet, new.ip):
-        ops += [RemoveNetworkFilter(old), AddNetworkFilter(new), RemoveDnsNetwork(old.network_id),
-                AddDnsNetwork(new)]
+        # The DNS server is reconfigured, not removed: it keeps the names of the instances.
+        ops += [RemoveNetworkFilter(old), AddNetworkFilter(new), AddDnsNetwork(new)]
     return ops
 
 

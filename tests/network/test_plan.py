@@ -104,3 +104,10 @@ def test_the_planner_and_its_pure_helpers_import_nothing_that_does_io() -> None:
             elif isinstance(node, ast.ImportFrom):
                 roots.add((node.module or "").split(".")[0])
         assert not roots & FORBIDDEN, (name, roots & FORBIDDEN)
+
+
+def test_an_ip_change_reconfigures_the_dns_server_and_keeps_its_names() -> None:
+    moved = Network("net-a", "172.18.0.0/16", "172.18.0.9", 0)
+    ops = plan_network_change(NET, moved)
+    assert AddDnsNetwork(moved) in ops
+    assert not any(isinstance(op, RemoveDnsNetwork) for op in ops)

@@ -16,7 +16,7 @@ import logging
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Set, Tuple
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
@@ -140,7 +140,12 @@ class NetworkManager:
     # --- UpdateNetworks (NetworkPort)
 
     def update_networks(self, request: sm_pb2.UpdateNetworks) -> None:
-        desired = [Network(n.network_id, n.subnet, n.ip, n.vlan_id) for n in request.networks]
+        """CM's UpdateNetworks (the v5 wire's source of networks)."""
+        self.set_networks([Network(n.network_id, n.subnet, n.ip, n.vlan_id) for n in request.networks])
+
+    def set_networks(self, desired: Sequence[Network]) -> None:
+        """The full list of provider networks this node must have, from whichever source (a pull
+        source of the next contract calls this with what GetNodeNetworkParams returned)."""
         with self._lock, self._home() as adapter:
             networked = {n: a for n, a in self._attachments.items() if a.networked}
             plan = plan_networks(self._networks, desired, networked, self.prerequisites.vlan)

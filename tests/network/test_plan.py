@@ -111,3 +111,10 @@ def test_an_ip_change_reconfigures_the_dns_server_and_keeps_its_names() -> None:
     ops = plan_network_change(NET, moved)
     assert AddDnsNetwork(moved) in ops
     assert not any(isinstance(op, RemoveDnsNetwork) for op in ops)
+
+
+def test_ops_of_different_kinds_never_compare_equal_even_with_the_same_fields() -> None:
+    assert AddBridge("br-1") != DeleteLink("br-1")
+    assert AddBridge("br-1") == AddBridge("br-1") and hash(AddBridge("br-1")) == hash(AddBridge("br-1"))
+    assert DeleteLink("br-1") not in [AddBridge("br-1")]
+    assert len({AddBridge("x"), DeleteLink("x"), AddNamespace("x")}) == 3

@@ -84,6 +84,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    # Compiled modules as a board has them installed: without .pyc files every start would also
+    # compile the sources (this sandbox sets PYTHONDONTWRITEBYTECODE); a first, uncounted round
+    # writes them.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     namespace = enter_namespace()
     cm = SimulatedCM().start()
     variants = ["disabled"] + (["active"] if namespace is not None else [])
@@ -102,12 +106,13 @@ def main() -> int:
                 }))
                 commands[variant] = ([sys.executable, "-m", "aos_sm.agent.cli", "--log-level", "error", "run",
                                       "--config", str(config)], "sigterm")
-            for _ in range(args.rounds):
+            for round_number in range(args.rounds + 1):
                 for name, (command, stop) in commands.items():
                     sessions += 1
                     elapsed, kib = measure(command, cm, sessions, stop)
-                    times[name].append(elapsed)
-                    rss[name].append(kib)
+                    if round_number > 0:
+                        times[name].append(elapsed)
+                        rss[name].append(kib)
     finally:
         cm.stop(0)
         if namespace is not None:

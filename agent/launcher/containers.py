@@ -138,7 +138,9 @@ class Containers:
                 if network.files is not None:
                     # The instance's rootfs top layer will carry these once it exists; bound until then.
                     hosts, resolv = bundle / "hosts", bundle / "resolv.conf"
-                    _write_bundle_config(hosts, network.files.hosts.encode())
+                    # NETWORK.md: the resources' ``hosts`` come last in the instance's /etc/hosts.
+                    extra = "".join(f"{ip} {name}\n" for ip, name in bundle_spec.resources.hosts)
+                    _write_bundle_config(hosts, (network.files.hosts + extra).encode())
                     _write_bundle_config(resolv, network.files.resolv_conf.encode())
                     bundle_spec = dataclasses.replace(bundle_spec, hosts_file=str(hosts), resolv_file=str(resolv))
             spec = build_runtime_spec(image.config, bundle_spec)

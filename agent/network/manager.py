@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import logging
 import threading
 from dataclasses import asdict
@@ -254,8 +255,11 @@ class NetworkManager:
             if OUR_LINK.match(link.name) and link.name not in owned_links:
                 log.warning("network: link %s belongs to nothing stored: removed", link.name)
                 adapter.rtnl.delete_link(link.name)
+        # Exactly a container id of this agent (<prefix><16 hex>): a bare prefix test would also
+        # take another agent's, whose cgroup parent merely starts like ours ("aos-sm-test-…").
+        ours = re.compile(re.escape(self._prefix) + r"[0-9a-f]{16}$")
         for name in adapter.namespaces.names():
-            if name.startswith(self._prefix) and name not in self._attachments:
+            if ours.match(name) and name not in self._attachments:
                 log.warning("network: namespace %s belongs to nothing stored: removed", name)
                 adapter.namespaces.delete(name)
         self._remove_stray_chains(adapter)

@@ -28,12 +28,12 @@ def main() -> None:
     while True:
         run += 1
         for index in range(3):
-            name = f"{prefix}{index}"
+            name = f"{prefix}{index:016x}"  # shaped like a container id: strays are found by it
             params = NetworkParameters("net-a", "172.18.0.0/16", f"172.18.0.{index + 2}")
             manager.attach(AttachRequest(name, name, params, (f"{index}.subj.item",)), run)
             print(f"attached {run} {index}", flush=True)
         for index in range(2):
-            manager.detach(f"{prefix}{index}", run)
+            manager.detach(f"{prefix}{index:016x}", run)
 
 
 if __name__ == "__main__":

@@ -101,3 +101,22 @@ def test_a_kill_mid_attach_then_a_restart_converges_to_the_stored_state(world: W
         manager.close()
     assert dnsmasq_count(tmp_path) == 0
     assert [n for n in os.listdir("/run/netns") if n.startswith(prefix)] == []
+
+
+def test_restart_cleanup_removes_only_what_is_ours_and_unowned(world: World, tmp_path: Path) -> None:
+    manager = make_manager(world, tmp_path)
+    prefix = manager.prefix  # type: ignore[attr-defined]
+    stray, foreign = prefix + "0123456789abcdef", prefix + "test-0123456789abcdef"
+    for name in (stray, foreign):
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    # A link of ours nobody owns (a kill between its creation and the state's save), and one
+    # that only looks alike (Docker's bridges are br-<12 hex>).
+    world.node.run("ip", "link", "add", "br-0000aaaa", "type", "bridge")
+    world.node.run("ip", "link", "add", "br-0000aaaabbbb", "type", "bridge")
+    try:
+        manager.keep_only(set())
+        assert sorted(n for n in os.listdir("/run/netns") if n.startswith(prefix)) == [foreign]
+        assert [n for n in links(world.node) if n.startswith("br-")] == ["br-0000aaaabbbb"]
+    finally:
+        for name in (stray, foreign):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)

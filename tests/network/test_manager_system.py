@@ -62,7 +62,10 @@ def test_removing_a_network_detaches_its_instances_and_an_ip_change_moves_the_br
     manager = make_manager(world, tmp_path)
     p = manager.prefix
     try:
-        manager.update_networks(networks(NET_A))
+        # A network that cannot be built is refused with a CoreAlert; the rest of the list applies.
+        manager.update_networks(networks(NET_A, ("net-bad", "172.19.0.0/16", "10.1.1.1", 0)))
+        assert any("net-bad: ip 10.1.1.1 is not in 172.19.0.0/16" in t for t in manager.alerts.texts())
+        assert list(manager.networks()) == ["net-a"]
         bridge = next(name for name in links(world.node) if name.startswith("br-"))
         manager.update_networks(networks(("net-a", "172.18.0.0/16", "172.18.0.9", 0)))
         addresses = world.node.run("ip", "-4", "-br", "addr", "show", bridge).stdout

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launcher"))
 from contract_cm import ContractCM  # noqa: E402
 from launcher_helpers import remove_containers, wait_until  # noqa: E402
 from net_helpers import links  # noqa: E402
+from test_restart import dnsmasq_count  # noqa: E402
 from netns import World  # noqa: E402
 from oci_fixture import (BlobServer, build_image, busybox_layer, remove_cgroups, static_busybox,  # noqa: E402
                          system_test_problem)
@@ -102,6 +103,7 @@ def test_the_agent_applies_cm_networks_and_instances_then_survives_a_kill(
                                  "nslookup", "subj.db"], capture_output=True, text=True, timeout=30)
         assert "172.18.0.3" in answer.stdout, answer.stdout + answer.stderr
         assert ours(world, prefix) == {"bridges": 1, "veths": 2, "namespaces": 2}
+        assert dnsmasq_count(tmp_path / "work") == 1
 
         # kill -9, then a restart: the instances are adopted with their network, nothing doubles.
         agent.send_signal(signal.SIGKILL)
@@ -111,6 +113,7 @@ def test_the_agent_applies_cm_networks_and_instances_then_survives_a_kill(
         batch = session.wait_for("node_instances_status", 30)
         assert sorted((s.instance.item_id, s.state) for s in batch.instances) == [("db", "active"), ("web", "active")]
         wait_until(lambda: ours(world, prefix) == {"bridges": 1, "veths": 2, "namespaces": 2}, 10, "adoption")
+        assert dnsmasq_count(tmp_path / "work") == 1  # adopted, not doubled
 
         # CM drops the network: its instances lose it (a CoreAlert names them) and keep running.
         session.send("update_networks", {"networks": []})
@@ -118,6 +121,7 @@ def test_the_agent_applies_cm_networks_and_instances_then_survives_a_kill(
         for name in ("web", "db"):
             assert aos_instance_id(name, "subj", 0) in alert.core_alert.message, alert.core_alert.message
         wait_until(lambda: ours(world, prefix) == {"bridges": 0, "veths": 0, "namespaces": 2}, 10, "detach")
+        wait_until(lambda: dnsmasq_count(tmp_path / "work") == 0, 10, "the network's dnsmasq to stop")
 
         session.send("update_instances", {"stopInstances": [web["instance"], db["instance"]]})
         session.wait_for("node_instances_status", 60)
@@ -129,6 +133,14 @@ def test_the_agent_applies_cm_networks_and_instances_then_survives_a_kill(
         except subprocess.TimeoutExpired:
             agent.kill()
         remove_containers(state_root)
+        # The agent leaves its DNS servers running at a stop, for the next start to adopt: a test
+        # that failed midway must not leave them behind.
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if str(tmp_path) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                    os.kill(int(pid), signal.SIGTERM)
+            except OSError:
+                pass
         for name in os.listdir("/run/netns"):
             if name.startswith(prefix):
                 subprocess.run(["ip", "netns", "delete", name], check=False)

@@ -120,3 +120,25 @@ def test_restart_cleanup_removes_only_what_is_ours_and_unowned(world: World, tmp
     finally:
         for name in (stray, foreign):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+
+
+def test_a_failed_attach_rolls_back_every_step_and_fails_with_the_cause(world: World, tmp_path: Path) -> None:
+    from aos_sm.agent.errors import AlreadyExist
+
+    manager = make_manager(world, tmp_path, real=True)
+    p = manager.prefix  # type: ignore[attr-defined]
+    try:
+        manager.update_networks(networks(NET_A))
+        manager.attach(request(p + "0123456789abcdef", "net-a", "172.18.0.0/16", "172.18.0.2", names=("web",)), 1)
+        before = counts(world, manager, tmp_path)
+        # The DNS step comes after namespace, veth and filter: all three must go again.
+        with pytest.raises(AlreadyExist):
+            manager.attach(request(p + "fedcba9876543210", "net-a", "172.18.0.0/16", "172.18.0.3",
+                                   names=("web",)), 1)
+        assert counts(world, manager, tmp_path) == before
+        assert list(manager.attachments()) == [p + "0123456789abcdef"]
+    finally:
+        manager.detach(p + "0123456789abcdef", 99)
+        manager.update_networks(networks())
+        manager.keep_only(set())
+        manager.close()

@@ -23,7 +23,8 @@ PROJECT=$PWD
 CACHE=$PROJECT/.cache/arm64
 SUITE=bookworm
 # The runtime stack the agent needs: what an embedded bookworm image would carry.
-RUNTIME_PKGS="python3 python3-grpcio python3-protobuf python3-psutil python3-pyroute2 python3-transitions python3-cryptography runc"
+# libnftables1 and dnsmasq-base: the network manager's firewall/accounting and DNS (NETWORK.md).
+RUNTIME_PKGS="python3 python3-grpcio python3-protobuf python3-psutil python3-pyroute2 python3-transitions python3-cryptography runc libnftables1 dnsmasq-base"
 # What the test suite and the boot test need on top: pytest, the build of the project and of
 # cgroupspy (not in Debian; pure python, installed with pip --no-deps), openssl (the TLS tests
 # make certificates with it), busybox-static (the boot test's initramfs).
@@ -290,6 +291,11 @@ print(platform.machine(), "python", platform.python_version(), *(f"{d} {m.versio
 # --- boot test ----------------------------------------------------------------------------------
 BOOT=$CACHE/boot                   # rebuilt every run: initramfs, root disk, console log
 BOOT_MODULES="virtio_mmio virtio_blk virtio_net crc32c_generic ext4"
+# The network manager's kernel parts (NETWORK.md "prerequisites"); the root disk has no modules
+# to autoload from, so they are loaded from the initramfs too. 8021q is what this machine's own
+# kernel lacks: the boot test is where the VLAN link is checked. A module this kernel builds in
+# (or lacks) is logged, not fatal: the agent's prerequisite CoreAlert then says what is missing.
+NET_MODULES="8021q bridge veth nf_tables nft_chain_nat nft_masq nft_ct nft_quota sch_tbf sch_ingress act_mirred cls_u32 ifb"
 BOOT_TIMEOUT=${AOS_SM_BOOT_TIMEOUT:-1080}   # seconds from qemu start; the brief allows 20 minutes
 # The board's busybox-init script: the one the Buildroot package installs.
 BOARD_INIT_SCRIPT=$PROJECT/packaging/S95aos-sm
@@ -316,9 +322,13 @@ boot_test() {
     kver=$(ls "$KERNEL_DIR/lib/modules")
     cp "$ROOTFS/bin/busybox" "$BOOT/initramfs/bin/busybox"
     depmod -b "$KERNEL_DIR" "$kver" || die "depmod of $kver"
-    for module in $BOOT_MODULES; do
-        modprobe -d "$KERNEL_DIR" -S "$kver" --show-depends "$module" \
-            || die "kernel $kver has no module $module"
+    for module in $BOOT_MODULES $NET_MODULES; do
+        case " $NET_MODULES " in
+            *" $module "*) modprobe -d "$KERNEL_DIR" -S "$kver" --show-depends "$module" \
+                               || log "kernel $kver: no module $module (built in, or missing)" ;;
+            *) modprobe -d "$KERNEL_DIR" -S "$kver" --show-depends "$module" \
+                   || die "kernel $kver has no module $module" ;;
+        esac
     done | awk '$1 == "insmod" && !seen[$2]++ {print $2}' | while read -r module; do
         cp "$module" "$BOOT/initramfs/modules/"
         basename "$module" >> "$BOOT/initramfs/modules/load-order"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from aos_sm import hw
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
@@ -26,6 +26,7 @@ from .logs.service import LogService
 from .nodeconfig import NodeConfigState
 from .launcher import Launcher
 from .launcher.bundle import CpuCapacity
+from .launcher.records import container_prefix
 from .launcher.resources import HostResources
 from .nodeconfig_store import NodeConfigService
 from .messages import core_alert
@@ -35,6 +36,9 @@ from .registration import (Node, RegistrationPlan, discover, load_node_resources
                            plan_registration)
 from .transport import BlobUrlClient, GrpcTransport, Transport
 from .unsupported import UnsupportedNetwork
+
+if TYPE_CHECKING:
+    from .network.manager import NetworkManager
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +60,15 @@ class Agent:
     expiry_watch: Optional[ExpiryWatch] = None  # certificates' last 7 days, checked while running
     iam: Optional[IamLink] = None  # the node's IAM: certificates per connect, renewals, node changes
     node_iam: Optional[MergedNode] = None  # IAM's node info as merged into the config
+    network: Optional[NetworkManager] = None  # None: network.enabled false
 
     def start(self) -> None:
         if self.iam is not None:
             self.iam.start()
+        if self.network is not None:
+            # Before the launcher (its restored instances attach to the networks brought back
+            # here) and the monitor (which reads its traffic accounting).
+            self.network.start()
         self.monitor.start()
         if self.expiry_watch is not None:
             self.expiry_watch.start()
@@ -75,6 +84,8 @@ class Agent:
         self.launcher.stop(timeout)
         stopped = self.monitor.stop(timeout) and stopped
         self.logs.close()
+        if self.network is not None:
+            self.network.close()
         if self.expiry_watch is not None:
             self.expiry_watch.stop()
         if self.journal_alerts is not None:
@@ -149,9 +160,12 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
     node_config = NodeConfigService(config.node_config_file)
     if node_config.state == NodeConfigState.FAILED:
         outbox.send(core_alert(f"stored node config {config.node_config_file} is unreadable; state failed"))
+    network = build_network(config, outbox) if config.network_enabled else None
+    # With the network manager, download/upload are its accounting of public traffic (NETWORK.md).
     monitor = Monitor(sender=outbox, capacity=capacity, poll_period=config.poll_period,
                       average_window=config.average_window, partitions=config.monitoring_partitions,
-                      uplink_interfaces=config.uplink_interfaces, root=root)
+                      uplink_interfaces=config.uplink_interfaces, root=root,
+                      traffic=network.traffic_port() if network is not None else None)
     monitor.on_node_config(node_config.current())
     node_config.add_listener(monitor.on_node_config)
     # GetBlobsInfos over whichever session is live: the gateway attaches each one.
@@ -175,6 +189,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         storage_dir=config.storage_dir,
         state_dir=config.state_dir,
         host_dirs=config.rootfs_host_dirs,
+        network=network,
     )
     cloud = CloudConnection()
     # The offline TTL clock runs on the cloud status CM relays.
@@ -187,7 +202,7 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         launcher=launcher,
         logs=logs,
         monitoring=monitor,
-        network=UnsupportedNetwork(outbox),
+        network=network if network is not None else UnsupportedNetwork(outbox),
         cloud=cloud,
     )
     runtime_types = usable.types
@@ -211,7 +226,20 @@ def build_agent(config: AgentConfig, *, target: Optional[str] = None, root: Path
         connect_timeout=connect_timeout,
     )
     return Agent(config, outbox, gateway, dispatcher, node_config, launcher, cloud, capacity, logs, monitor,
-                 runtime_types, journal_alerts, expiry if config.tls_mode != "plaintext" else None, link, node.iam)
+                 runtime_types, journal_alerts, expiry if config.tls_mode != "plaintext" else None, link, node.iam,
+                 network)
+
+
+def build_network(config: AgentConfig, outbox: Outbox) -> NetworkManager:
+    """The network manager; its netlink and nftables parts load only here, when it is enabled."""
+    from .network.build import real_parts  # noqa: PLC0415 - lazy: costs nothing when disabled
+    from .network.manager import NetworkManager  # noqa: PLC0415
+    from .network.prerequisites import check_prerequisites  # noqa: PLC0415
+
+    return NetworkManager(working_dir=config.working_dir, sender=outbox,
+                          namespace_prefix=container_prefix(config.cgroup_parent),
+                          make_adapter=real_parts(config.working_dir / "network"),
+                          prerequisites=lambda adapter: check_prerequisites(adapter.namespaces))
 
 
 def describe(agent: Agent) -> List[str]:

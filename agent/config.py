@@ -57,6 +57,7 @@ _KNOWN: Dict[str, Any] = {
     "architecture": None,
     "architecturevariant": None,
     "osversion": None,
+    "network": {"enabled": None},
 }
 
 # CM's fixed-size fields (PROTOCOL.md "Limits of the real CM"): a longer id or arch makes the real
@@ -138,6 +139,9 @@ class AgentConfig:
     state_dir: Path = Path("/var/aos/servicemanager/states")
     # The host's top-level entries every instance sees under its image (agent/launcher/rootfs.py).
     rootfs_host_dirs: Tuple[str, ...] = ("bin", "sbin", "lib", "lib64", "usr")
+    # The network manager (NETWORK.md): every instance in its own network namespace. False runs
+    # instances in the agent's own network, as before the network manager existed.
+    network_enabled: bool = True
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     warnings: Tuple[str, ...] = ()
 
@@ -364,6 +368,15 @@ def _rootfs_host_dirs(reader: _Reader) -> Tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
+def _flag(reader: _Reader, key: str, default: bool) -> bool:
+    value = reader.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {json.dumps(value)}")
+    return value
+
+
 def parse_config(text: str) -> AgentConfig:
     """Parse the JSON text of a config file; raises ConfigError naming the bad key. Pure: reads
     nothing but ``text``."""
@@ -438,6 +451,7 @@ def parse_config(text: str) -> AgentConfig:
         storage_dir=reader.path("storageDir") or working_dir / "storages",
         state_dir=reader.path("stateDir") or working_dir / "states",
         rootfs_host_dirs=_rootfs_host_dirs(reader),
+        network_enabled=_flag(reader, "network.enabled", True),
         raw=data,
         warnings=tuple(warnings),
     )

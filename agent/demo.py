@@ -55,6 +55,8 @@ def run_demo(timeout: float = 15.0) -> int:
             "workingDir": workdir,
             "resourcesConfigFile": str(Path(workdir) / "resources.cfg"),
             "cmReconnectTimeout": "1s",
+            # A try-out on any machine: no namespaces, no firewall table of ours on its network.
+            "network": {"enabled": False},
         }))
         agent = build_agent(config)
         print("\n".join(describe(agent)), flush=True)

@@ -92,6 +92,8 @@ class MonitoredInstance:
     ``cgroup`` is the instance's cgroup path relative to the cgroup root (for example
     ``aos-sm/<name>``): the same relative path under every v1 controller and under the v2 tree.
     ``partitions`` names host directories whose used bytes count as the instance's (storage, state).
+    ``instance_id`` is the launcher's id of the instance (its container id): the key under which
+    the network manager counts its traffic; empty when unknown (no traffic figures then).
     """
 
     key: InstanceKey
@@ -99,6 +101,7 @@ class MonitoredInstance:
     cgroup: str
     monitoring_parameters: sm_pb2.MonitoringParameters = field(compare=False)
     partitions: Tuple[Tuple[str, Path], ...] = ()
+    instance_id: str = ""
 
 
 class InstanceMonitorPort(Protocol):

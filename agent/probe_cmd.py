@@ -7,6 +7,8 @@ config. `--root` probes a fixture tree or a mounted image instead of `/`. With `
 config it asks IAM for the node info, registers what `run` would (IAM's identity merged), and
 prints IAM's figures beside the measured ones with the difference. Output goes to stdout
 (it is the command's product); resource problems, CM's cuts and probe warnings go to stderr.
+The network manager's prerequisites (bridge, veth, 8021q, ifb, nf_tables nat/masquerade/ct,
+dnsmasq, ip_forward) are tried in a throwaway network namespace, as the agent does at start.
 Exit 0 when the node could be probed, 2 on a bad config or a --root that is not a directory.
 """
 
@@ -15,9 +17,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence, TextIO
+from typing import Any, Dict, Optional, Sequence, TextIO
 
 from google.protobuf.json_format import MessageToDict
 
@@ -125,8 +128,28 @@ def _capacity_json(report: NodeCapacityReport) -> dict[str, Any]:
             "totalRAM": _figure_json(report.total_ram), "allowedRAM": _figure_json(report.allowed_ram)}
 
 
+def network_prerequisites(settings: AgentConfig) -> Dict[str, Any]:
+    """The network manager's prerequisites (NETWORK.md), as the agent checks them at start:
+    {feature: "ok" or why missing}; empty when the network manager is disabled."""
+    if not settings.network_enabled:
+        return {}
+    if os.geteuid() != 0:
+        return {"all": "not checked: needs root (network namespaces)"}
+    from .network.namespaces import Namespaces  # noqa: PLC0415 - only the probe and the agent load it
+    from .network.prerequisites import check_prerequisites  # noqa: PLC0415
+
+    found = check_prerequisites(Namespaces())
+    return {name: "ok" if ok else found.reasons.get(name, "missing") for name, ok in found.present.items()}
+
+
+def _network_line(network: Dict[str, Any]) -> str:
+    if not network:
+        return "manager disabled (network.enabled false): instances share the agent's network"
+    return "; ".join(name if why == "ok" else f"{name} MISSING ({why})" for name, why in network.items())
+
+
 def _write_table(out: TextIO, capacity: NodeCapacity, settings: AgentConfig, plan: RegistrationPlan,
-                 resources: ResourcesResult) -> None:
+                 resources: ResourcesResult, network: Dict[str, Any]) -> None:
     layout, report = capacity.cgroups, plan.capacity
     limited = ", ".join(f"{name} v{version}" for name, version in layout.limiting) or "nothing"
     runtime = plan.sm_info.runtimes[0] if plan.sm_info.runtimes else None
@@ -152,6 +175,7 @@ def _write_table(out: TextIO, capacity: NodeCapacity, settings: AgentConfig, pla
     out.write(f"runtimes   {', '.join(r.type for r in plan.sm_info.runtimes) or '-'}\n")
     names = ", ".join(f"{r.name} (shared {r.shared_count})" for r in plan.sm_info.resources)
     out.write(f"resources  {names or '-'}\n")
+    out.write(f"network    {_network_line(network)}\n")
     out.write(f"\nIAM        set the same figure in IAM's node config (CM schedules on it, monitoring reports on it):\n"
               f"           {iam_max_dmips_line(report)}\n")
 
@@ -189,6 +213,10 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     # The cores' own provenance: capacity.dmips_provenance says "operator" once a maxDMIPS applies.
     comparison = compare_dmips(_measured(capacity), iam.max_dmips, dmips_provenance(capacity.cpus)) \
         if iam is not None else None
+    network = network_prerequisites(settings)
+    for name, why in network.items():
+        if why != "ok":
+            err.write(f"aos-sm probe: network: {name} missing: {why}\n")
     if args.json:
         document = {
             "smInfo": MessageToDict(plan.sm_info),
@@ -206,13 +234,14 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
             "warnings": list(capacity.warnings),
             "resourceProblems": list(resources.problems),
             "cuts": list(plan.cuts),
+            "networkPrerequisites": network,
         }
         if iam is not None and comparison is not None:
             document["iam"] = {"nodeInfo": dataclasses.asdict(iam), "dmips": comparison,
                                "measuredRAM": node.measured_total_ram}
         out.write(json.dumps(document, indent=2) + "\n")
     else:
-        _write_table(out, capacity, settings, plan, resources)
+        _write_table(out, capacity, settings, plan, resources, network)
         if iam is not None and comparison is not None:
             _write_iam(out, iam, node.measured_total_ram, comparison)
     return EXIT_OK

@@ -62,6 +62,9 @@ def agent_round(count: int) -> float:
         config = parse_config(json.dumps({
             "nodeId": "bench", "cmServerURL": cm.address, "tlsMode": "plaintext", "workingDir": workdir,
             "resourcesConfigFile": str(Path(workdir) / "none.cfg"), "runtimes": [{"type": "runc"}],
+            # The round trip runs on this machine's loopback: no network manager (it would add its
+            # firewall table and counters to the machine's network); bench/startup.py measures it.
+            "network": {"enabled": False},
         }))
         agent = build_agent(config)
         agent.start()

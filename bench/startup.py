@@ -1,13 +1,21 @@
 """Time from process start to SMInfo on the wire, and RSS once registered, against a bare
-grpcio client process (bench/bare_client.py) measured the same way in the same run.
+grpcio client process (bench/bare_client.py) measured the same way in the same run; the agent
+with its network manager disabled (``network.enabled`` false) and active, side by side.
 
     python bench/startup.py [--rounds 5]
+
+As root the whole bench (CM, clients, agents) runs in a network namespace it makes, so the active
+network manager changes nothing of the machine's own network; without root only the disabled
+agent is measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -15,8 +23,9 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from aos_sm.agent.cmsim import SimulatedCM
 
@@ -55,37 +64,72 @@ def measure(command: List[str], cm: SimulatedCM, index: int, stop: str) -> Tuple
     return elapsed, rss
 
 
+def enter_namespace() -> Optional[str]:
+    """Move this (still single-threaded) process into a fresh network namespace; its name."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return None
+    name = f"bstart{uuid.uuid4().hex[:6]}"
+    if subprocess.run(["ip", "netns", "add", name], capture_output=True, check=False).returncode != 0:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(f"/run/netns/{name}") as handle:
+        if libc.setns(handle.fileno(), 0x40000000) != 0:  # CLONE_NEWNET
+            subprocess.run(["ip", "netns", "delete", name], check=False)
+            return None
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    return name
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    # Compiled modules as a board has them installed: without .pyc files every start would also
+    # compile the sources (this sandbox sets PYTHONDONTWRITEBYTECODE); a first, uncounted round
+    # writes them.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    namespace = enter_namespace()
     cm = SimulatedCM().start()
-    bare_times, agent_times, bare_rss, agent_rss = [], [], [], []
+    variants = ["disabled"] + (["active"] if namespace is not None else [])
+    times: Dict[str, List[float]] = {name: [] for name in ["bare"] + variants}
+    rss: Dict[str, List[int]] = {name: [] for name in ["bare"] + variants}
     sessions = 0
-    with tempfile.TemporaryDirectory() as workdir:
-        config = Path(workdir) / "sm.json"
-        config.write_text(json.dumps({
-            "nodeId": "bench", "cmServerURL": cm.address, "tlsMode": "plaintext", "workingDir": workdir,
-            "resourcesConfigFile": str(Path(workdir) / "none.cfg"),
-        }))
-        agent_cmd = [sys.executable, "-m", "aos_sm.agent.cli", "--log-level", "error", "run", "--config", str(config)]
-        bare_cmd = [sys.executable, str(HERE / "bare_client.py"), cm.address]
-        for _ in range(args.rounds):
-            sessions += 1
-            elapsed, rss = measure(bare_cmd, cm, sessions, "stdin")
-            bare_times.append(elapsed)
-            bare_rss.append(rss)
-            sessions += 1
-            elapsed, rss = measure(agent_cmd, cm, sessions, "sigterm")
-            agent_times.append(elapsed)
-            agent_rss.append(rss)
-    cm.stop(0)
-    bt, at = statistics.median(bare_times), statistics.median(agent_times)
-    br, ar = statistics.median(bare_rss), statistics.median(agent_rss)
+    try:
+        with tempfile.TemporaryDirectory() as workdir:
+            commands = {"bare": ([sys.executable, str(HERE / "bare_client.py"), cm.address], "stdin")}
+            for variant in variants:
+                config = Path(workdir) / f"sm-{variant}.json"
+                config.write_text(json.dumps({
+                    "nodeId": "bench", "cmServerURL": cm.address, "tlsMode": "plaintext",
+                    "workingDir": str(Path(workdir) / variant), "resourcesConfigFile": str(Path(workdir) / "none.cfg"),
+                    "network": {"enabled": variant == "active"},
+                }))
+                commands[variant] = ([sys.executable, "-m", "aos_sm.agent.cli", "--log-level", "error", "run",
+                                      "--config", str(config)], "sigterm")
+            for round_number in range(args.rounds + 1):
+                for name, (command, stop) in commands.items():
+                    sessions += 1
+                    elapsed, kib = measure(command, cm, sessions, stop)
+                    if round_number > 0:
+                        times[name].append(elapsed)
+                        rss[name].append(kib)
+    finally:
+        cm.stop(0)
+        if namespace is not None:
+            subprocess.run(["ip", "netns", "delete", namespace], check=False)
+    bt, br = statistics.median(times["bare"]), statistics.median(rss["bare"])
+    dt, dr = statistics.median(times["disabled"]), statistics.median(rss["disabled"])
     print(f"process start -> SMInfo on the wire (median of {args.rounds}): "
-          f"bare grpcio {bt * 1000:.0f} ms, aos-sm {at * 1000:.0f} ms, ratio {at / bt:.2f}")
-    print(f"RSS once registered: bare grpcio {br / 1024:.1f} MiB, aos-sm {ar / 1024:.1f} MiB, "
-          f"ratio {ar / br:.2f}")
+          f"bare grpcio {bt * 1000:.0f} ms, aos-sm {dt * 1000:.0f} ms, ratio {dt / bt:.2f}")
+    print(f"RSS once registered: bare grpcio {br / 1024:.1f} MiB, aos-sm {dr / 1024:.1f} MiB, "
+          f"ratio {dr / br:.2f}")
+    if "active" in times:
+        at, ar = statistics.median(times["active"]), statistics.median(rss["active"])
+        print(f"network manager disabled -> active: start {dt * 1000:.0f} -> {at * 1000:.0f} ms "
+              f"({(at - dt) * 1000:+.0f} ms), RSS {dr / 1024:.1f} -> {ar / 1024:.1f} MiB "
+              f"({(ar - dr) / 1024:+.1f} MiB), ratio {at / dt:.2f} / {ar / dr:.2f}")
+    else:
+        print("network manager active: not measured (needs root for a network namespace)")
     return 0
 
 

@@ -22,6 +22,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ("startup.py", ["--rounds", "1"], "RSS once registered"),
         ("logs.py", ["--size-mb", "1"], "throughput ratio agent/gzip"),
         ("monitoring.py", ["--seconds", "1", "--instances", "3"], "share of one core"),
+        ("network.py", ["--rounds", "1", "--many", "2"], "ratio"),
     ],
 )
 def test_benchmark_prints_its_ratio(script: str, args: list, expected: str) -> None:

@@ -38,7 +38,13 @@ BUILDROOT_SYMBOLS = {f"BR2_PACKAGE_PYTHON_{name.upper()}" for name in BUILDROOT_
     "BR2_PACKAGE_HOST_PROTOBUF_ARCH_SUPPORTS",
     "BR2_PACKAGE_HOST_RUSTC_TARGET_ARCH_SUPPORTS",
     "BR2_INSTALL_LIBSTDCPP",
+    "BR2_PACKAGE_NFTABLES",  # package/nftables (libnftables), the network manager's firewall
+    "BR2_PACKAGE_DNSMASQ",  # package/dnsmasq, one DNS server per provider network
 }
+
+
+# Non-Python runtime packages the agent's package selects.
+SYSTEM_RUNTIME = {"BR2_PACKAGE_NFTABLES", "BR2_PACKAGE_DNSMASQ"}
 
 
 def external_name() -> str:
@@ -95,7 +101,9 @@ def test_the_package_selects_exactly_pyprojects_dependencies() -> None:
     names = {re.split(r"[<>=!~ \[;]", dep, maxsplit=1)[0].lower() for dep in PYPROJECT["project"]["dependencies"]}
     text = (TREE / "package/python-aos-sm/Config.in").read_text()
     selected = set(re.findall(r"^\tselect (BR2_PACKAGE_\w+)", text, flags=re.MULTILINE))
-    assert selected == {f"BR2_PACKAGE_PYTHON_{name.replace('-', '_').upper()}" for name in names}
+    # Besides the Python dependencies, the network manager's programs (NETWORK.md).
+    assert selected - SYSTEM_RUNTIME == {f"BR2_PACKAGE_PYTHON_{name.replace('-', '_').upper()}" for name in names}
+    assert SYSTEM_RUNTIME <= selected
     # Each is either Buildroot's or has a recipe here.
     ours = {p.name.replace("python-", "", 1) for p in packages()}
     assert names <= BUILDROOT_PYTHON_PACKAGES | ours, names - BUILDROOT_PYTHON_PACKAGES - ours

@@ -135,7 +135,7 @@ def test_the_start_script_starts_once_stops_and_restarts(
     script = _installed_script(tmp_path)
     config = tmp_path / "sm.json"
     config.write_text(json.dumps({
-        "nodeId": "node-init", "cmServerURL": contract_cm.address, "tlsMode": "plaintext",
+        "nodeId": "node-init", "cmServerURL": contract_cm.address, "network": {"enabled": False}, "tlsMode": "plaintext",
         "workingDir": str(tmp_path / "work"), "resourcesConfigFile": str(tmp_path / "none.cfg"),
     }))
     log = tmp_path / "aos-sm.log"

@@ -63,6 +63,15 @@ def console_probe(console: Path) -> dict[str, Any] | None:
     return json.loads(body)  # type: ignore[no-any-return]
 
 
+def console_vlan(console: Path) -> str | None:
+    """The guest's report of the VLAN link (S99probe-console), if it came."""
+    text = console.read_text(errors="replace") if console.exists() else ""
+    for line in text.replace("\r", "").splitlines():
+        if line.startswith("@@vlan@@ "):
+            return line[len("@@vlan@@ "):]
+    return None
+
+
 def check(args: argparse.Namespace) -> str:
     deadline = time.monotonic() + args.timeout
     with ContractCM() as cm:
@@ -89,7 +98,18 @@ def check(args: argparse.Namespace) -> str:
                     time.sleep(2)
             if probe is None:
                 raise BootCheckFailed("the probe's JSON never reached the console")
-            return verify(sm_info, probe)
+            summary = verify(sm_info, probe)
+            # A provider network with a VLAN: the agent puts a vlan-<8 hex> link on its uplink.
+            session.send("update_networks", {"networks": [
+                {"networkId": "net-vlan", "subnet": "172.30.0.0/16", "ip": "172.30.0.1", "vlanId": 42}]})
+            vlan = None
+            while vlan is None and time.monotonic() < deadline and qemu.poll() is None:
+                vlan = console_vlan(args.console)
+                if vlan is None:
+                    time.sleep(2)
+            if vlan is None or "@eth0" not in vlan:
+                raise BootCheckFailed(f"no VLAN link on the uplink after UpdateNetworks (console: {vlan!r})")
+            return f"{summary}; VLAN link {vlan.split(':')[1].strip()} on eth0"
         finally:
             qemu.terminate()
             try:

@@ -25,8 +25,11 @@ Pure: no I/O. Choices, each for a reason:
 - ``priority`` (higher = more important) lowers ``oomScoreAdj`` so the kernel kills low-priority
   instances first under memory pressure: ``-min(priority, 999)``; never -1000, which would make
   an instance unkillable.
-- The container joins new pid, ipc, uts and mount namespaces; networking is the host's until the
-  network manager provides namespaces (so ``net.*`` sysctls are refused by runc until then).
+- The container joins new pid, ipc, uts and mount namespaces, and the network namespace the
+  network manager made for it (``netns``; loopback only without network parameters). Without a
+  network manager (disabled) networking is the agent's own, and runc refuses ``net.*`` sysctls.
+- A networked instance's ``/etc/hosts`` and ``/etc/resolv.conf`` are the network manager's
+  (``agent/network/hostfiles.py``), bound read-only.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ class BundleSpec:
     resources: ResourceGrant = ResourceGrant()
     cpu: Optional[CpuCapacity] = None  # needed only when the item config has cpuDMIPSLimit
     host_binds: Tuple[str, ...] = ()  # host paths bound read-only at the same place
+    netns: str = ""  # the network namespace to join (the network manager's); empty: the agent's
 
 
 def _aos_environment(spec: BundleSpec) -> List[str]:
@@ -206,7 +210,8 @@ def _linux(spec: BundleSpec) -> Dict[str, Any]:
     linux: Dict[str, Any] = {
         "cgroupsPath": spec.cgroups_path,
         "resources": _resources(spec),
-        "namespaces": [{"type": kind} for kind in ("pid", "ipc", "uts", "mount")],
+        "namespaces": [{"type": kind} for kind in ("pid", "ipc", "uts", "mount")]
+        + ([{"type": "network", "path": spec.netns}] if spec.netns else []),
         "maskedPaths": list(_MASKED),
         "readonlyPaths": list(_READONLY),
     }

@@ -21,6 +21,7 @@ from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 from aos_sm.proto.common.v2 import common_pb2
 
 from ..errors import AosError, NotFound
+from ..network.instance import InstanceNetwork
 from ..ports import InstanceKey, MonitoredInstance
 from .blobs import BlobStore
 from .bundle import BundleSpec, CpuCapacity, build_runtime_spec
@@ -181,9 +182,9 @@ class Containers:
 
     # --- containers
 
-    def create(self, instance: Instance, image: Image) -> Tuple[int, int]:
-        """Write the bundle and start the container; (output reader fd, host pid). On failure
-        nothing half-created stays behind."""
+    def create(self, instance: Instance, image: Image, network: Optional[InstanceNetwork] = None) -> Tuple[int, int]:
+        """Write the bundle and start the container (in ``network``'s namespace when given);
+        (output reader fd, host pid). On failure nothing half-created stays behind."""
         runtime = self.runtime(instance)
         registered = False
         try:
@@ -191,11 +192,18 @@ class Containers:
             bundle = self.bundle(instance.container_id)
             bundle.mkdir(parents=True, exist_ok=True)
             spec_input = self.bundle_spec(instance, image)
+            etc: Optional[EtcFiles] = None
+            if network is not None:
+                spec_input = dataclasses.replace(spec_input, netns=str(network.netns))
+                if network.files is not None:
+                    # Into the rootfs top layer. NETWORK.md: the resources' ``hosts`` come last.
+                    extra = "".join(f"{ip} {name}\n" for ip, name in spec_input.resources.hosts)
+                    etc = EtcFiles(network.files.hosts + extra, network.files.resolv_conf)
             with_secret = self._with_secret(instance, image, spec_input)
             registered = with_secret is not spec_input
             spec = build_runtime_spec(image.config, with_secret)
             runtime.delete(instance.container_id)  # a leftover of a run the agent did not see end
-            self._mount_rootfs(instance, image, spec)
+            self._mount_rootfs(instance, image, spec, etc)
             _write_bundle_config(bundle / "config.json", json.dumps(spec, indent=2).encode())
             self.log_path(instance.container_id).parent.mkdir(parents=True, exist_ok=True)
             reader, writer = open_output(bundle / "output.fifo")
@@ -232,15 +240,18 @@ class Containers:
         except AosError as err:
             log.error("%s: %s", err, instance.container_id)
 
-    def _mount_rootfs(self, instance: Instance, image: Image, spec: Dict[str, Any]) -> None:
-        """Mount the instance's root (rootfs.py) where ``spec`` says runc finds it."""
+    def _mount_rootfs(self, instance: Instance, image: Image, spec: Dict[str, Any],
+                      etc: Optional[EtcFiles] = None) -> None:
+        """Mount the instance's root (rootfs.py) where ``spec`` says runc finds it; ``etc`` (the
+        network's /etc/hosts and /etc/resolv.conf) goes into its top layer."""
         layers = image_layers(image)
         host = probe_host(self.host_root, self.host_dirs)
         names = [entry.name for entry in host]
         mounts = [MountPoint(m["destination"], m.get("type") == "bind" and os.path.isfile(m["source"]))
                   for m in spec["mounts"]]
         hostname = str(spec.get("hostname", ""))
-        etc = self._etc_files(instance.info, hostname) if self._etc_files is not None else None
+        if etc is None and self._etc_files is not None:
+            etc = self._etc_files(instance.info, hostname)
         if etc is None:
             etc = default_etc_files(hostname, _read_text(self.host_root / "etc" / "resolv.conf"))
         with self._lock:
@@ -352,7 +363,8 @@ class Containers:
                 with contextlib.suppress(AosError):
                     partitions.append((name, base.joinpath(*relative_parts(path, name))))
         return MonitoredInstance(key, instance.info.runtime_id, self.cgroup(instance.container_id),
-                                 instance.info.monitoring_parameters, tuple(partitions))
+                                 instance.info.monitoring_parameters, tuple(partitions),
+                                 instance_id=instance.container_id)
 
 
 def _write_bundle_config(path: Path, data: bytes) -> None:

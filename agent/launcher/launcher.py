@@ -40,12 +40,13 @@ from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from ..errors import AosError
 from ..messages import core_alert
+from ..network.instance import InstanceNetworkPort
 from ..ports import CrashRecord, InstanceKey, InstanceLogFile, InstanceMonitorPort, Sender
 from .batches import Batch, BatchRunner, Cloud, Job, Post
 from .bundle import CpuCapacity
 from .containers import Containers, EtcFilesSource, InstanceSecrets
 from .image import Resolver
-from .lifecycle import (Adopted, CancelTimer, Create, Effect, Event, Exited, Faulted, Forget, Halt, Ignored,
+from .lifecycle import (Adopted, Attach, CancelTimer, Create, Detach, Effect, Event, Exited, Faulted, Forget, Halt, Ignored,
                         ImageReady, InstanceLife, LifecycleError, Phase, Pull, Reap, Report, StartTimer,
                         StopRequested, TtlExpired, Unwatch, Watch)
 from .output import exit_status, set_subreaper
@@ -89,6 +90,7 @@ class Launcher(BatchRunner):
         state_dir: Optional[Path] = None,
         host_dirs: Sequence[str] = DEFAULT_HOST_DIRS,
         etc_files: Optional[EtcFilesSource] = None,
+        network: Optional[InstanceNetworkPort] = None,
     ) -> None:
         """``runtimes`` maps runtime_id -> (type, binary) for the runtimes this node can run;
         ``parallel`` bounds the pulls, creates and stops running at once; ``observer`` hears
@@ -101,7 +103,9 @@ class Launcher(BatchRunner):
         (``gc.py``); ``storage_dir``/``state_dir`` where CM's storage and state paths are joined
         (default ``<working_dir>/storages`` and ``/states``); ``host_dirs`` the host's top-level
         entries every instance sees (``rootfs.py``); ``etc_files`` gives an instance's ``/etc/hosts``
-        and ``/etc/resolv.conf`` (the network manager's hook)."""
+        and ``/etc/resolv.conf`` (None: the defaults, or the network's); ``network`` gives every run
+        its own network namespace (``Attach`` before the container, ``Detach`` once it is gone;
+        None: the agent's own)."""
         self._sender = sender
         root = working_dir / "launcher"
         root.mkdir(parents=True, exist_ok=True)
@@ -119,8 +123,10 @@ class Launcher(BatchRunner):
                                       images_part_limit=images_part_limit, secrets=secrets,
                                       storage_dir=storage_dir, state_dir=state_dir, host_dirs=host_dirs,
                                       etc_files=etc_files)
+        self._network = network
         self._tasks = Tasks(containers=self._containers, store=self._store, sender=sender, resolver=resolver,
-                            policy_of=policy_of, monotonic=monotonic, post=self._post, on_exit=self._enqueue)
+                            policy_of=policy_of, monotonic=monotonic, post=self._post, on_exit=self._enqueue,
+                            network=network)
         # Two pools: downloads may hang for minutes on a bad network, and must never hold up the
         # creates and stops of other instances.
         self._pulls = Pool(parallel, "launcher-pull")
@@ -171,6 +177,9 @@ class Launcher(BatchRunner):
             self._sender.send(core_alert(str(err)))
             stored = {}
         self._containers.remove_strays({container for _, container in stored.values()})
+        if self._network is not None:
+            # Namespaces, links and chains of instances the store no longer holds go too.
+            self._network.keep_only({container for _, container in stored.values()})
         restore: List[InstanceKey] = []
         for key, (info, container) in stored.items():
             instance = Instance(info, container)
@@ -319,8 +328,13 @@ class Launcher(BatchRunner):
             self._send_status(instance)
         elif isinstance(effect, Pull):
             self._submit(self._pulls, self._tasks.pull, key, instance, effect.run)
+        elif isinstance(effect, Attach):
+            instance.attach_run = effect.run  # carried out by the create task, before the container
         elif isinstance(effect, Create):
             self._submit(self._runs, self._tasks.create, key, instance, effect.run)
+        elif isinstance(effect, Detach):
+            if self._network is not None:
+                self._submit(self._runs, self._tasks.detach, key, instance, effect.run)
         elif isinstance(effect, Halt):
             self._submit(self._runs, self._tasks.halt, key, instance, effect.run)
         elif isinstance(effect, StartTimer):

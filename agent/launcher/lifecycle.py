@@ -225,8 +225,24 @@ class Pull:
 
 
 @dataclass(frozen=True)
+class Attach:
+    """Give the run its network namespace (loopback only, or on its network: NETWORK.md) before
+    its container is created; a failure rolls back what the attach did and fails the launch."""
+
+    run: int
+
+
+@dataclass(frozen=True)
 class Create:
     """Write the bundle and start the container; answer ProcessRunning or LaunchFailed."""
+
+    run: int
+
+
+@dataclass(frozen=True)
+class Detach:
+    """The run's container is gone (or never came): undo its network attach. A detach older than
+    the attach in place is stale and changes nothing."""
 
     run: int
 
@@ -280,7 +296,7 @@ class Ignored:
     reason: str
 
 
-Effect = Union[Report, Pull, Create, StartTimer, CancelTimer, Watch, Unwatch, Reap, Halt, Forget, Ignored]
+Effect = Union[Report, Pull, Attach, Create, Detach, StartTimer, CancelTimer, Watch, Unwatch, Reap, Halt, Forget, Ignored]
 
 
 # --- the table
@@ -424,7 +440,7 @@ class InstanceLife:
     def _create(self, event: Event) -> List[Effect]:
         assert isinstance(event, ImageReady)
         self.policy = event.policy
-        return [Create(self.run)]
+        return [Attach(self.run), Create(self.run)]
 
     def _open_window(self, event: Event) -> List[Effect]:
         assert isinstance(event, ProcessRunning)
@@ -435,14 +451,14 @@ class InstanceLife:
     def _fail(self, event: Event) -> List[Effect]:
         assert isinstance(event, LaunchFailed)
         self.problem = event.problem
-        return [Report()]
+        return [Detach(self.run), Report()]
 
     def _ended(self, event: Event) -> List[Effect]:
         assert isinstance(event, Exited)
         self.problem = event.status.problem()
         self._last_exit_at = event.at
         self._watched = False
-        return [CancelTimer(), Unwatch(), Reap(self.run, event.status)]
+        return [CancelTimer(), Unwatch(), Reap(self.run, event.status), Detach(self.run)]
 
     def _schedule_restart(self, event: Event) -> List[Effect]:
         effects = self._ended(event)
@@ -454,7 +470,7 @@ class InstanceLife:
     def _restart(self, _event: Event) -> List[Effect]:
         self.run += 1
         self.problem = None
-        return [Report(), Create(self.run)]
+        return [Report(), Attach(self.run), Create(self.run)]
 
     def _halt(self, event: Event) -> List[Effect]:
         if isinstance(event, StopRequested):
@@ -473,7 +489,7 @@ class InstanceLife:
 
     def _settle(self, event: Event) -> List[Effect]:
         self.problem = event.problem if isinstance(event, StopFailed) else None
-        return [Report(), Forget()] if self._forget else [Report()]
+        return [Detach(self.run), Report(), Forget()] if self._forget else [Detach(self.run), Report()]
 
     def _adopt(self, event: Event) -> List[Effect]:
         assert isinstance(event, Adopted)
@@ -487,4 +503,4 @@ class InstanceLife:
         assert isinstance(event, Faulted)
         self.run += 1
         self.problem = event.problem
-        return [CancelTimer(), Report()]
+        return [CancelTimer(), Detach(self.run), Report()]

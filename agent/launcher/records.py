@@ -23,13 +23,18 @@ log = logging.getLogger(__name__)
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
+def container_prefix(cgroup_parent: str) -> str:
+    """What every container id (and network namespace name) of an agent with this cgroup parent
+    starts with."""
+    return (_SAFE.sub("-", cgroup_parent.strip("/")) or "aos-sm") + "-"
+
+
 def container_id(cgroup_parent: str, key: InstanceKey) -> str:
     """The runtime's container id (and cgroup name) of an instance: stable across restarts, so
     the agent finds its containers again, and prefixed with the cgroup parent so that two agents
     (or test runs) with different parents never share a name."""
-    prefix = _SAFE.sub("-", cgroup_parent.strip("/")) or "aos-sm"
     digest = hashlib.sha256(repr((key.item_id, key.subject_id, key.instance, key.type)).encode()).hexdigest()
-    return f"{prefix}-{digest[:16]}"
+    return f"{container_prefix(cgroup_parent)}{digest[:16]}"
 
 
 class NullMonitor:
@@ -66,6 +71,7 @@ class Instance:
     run: Optional[Run] = None
     timer: Optional[threading.Timer] = None
     exit_when: Optional[datetime] = None
+    attach_run: int = -1  # the run whose Attach effect the next create carries out
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def status(self) -> sm_pb2.InstanceStatus:

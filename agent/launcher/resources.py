@@ -77,6 +77,7 @@ class ResourceGrant:
     devices: Tuple[DeviceGrant, ...] = ()
     mounts: Tuple[ResourceMount, ...] = ()
     envs: Tuple[str, ...] = ()
+    hosts: Tuple[Tuple[str, str], ...] = ()  # (ip, hostname): lines of a networked instance's /etc/hosts
 
 
 # A device lookup: the device nodes at a host path (one node, or those under a directory);
@@ -152,6 +153,7 @@ def grant_resources(requests: Sequence[ResourceRequest], offered: Mapping[str, R
     devices: List[DeviceGrant] = []
     mounts: Dict[str, ResourceMount] = {}
     envs: List[str] = []
+    hosts: List[Tuple[str, str]] = []
     for request in requests:
         resource = offered.get(request.name)
         if resource is None:
@@ -166,7 +168,8 @@ def grant_resources(requests: Sequence[ResourceRequest], offered: Mapping[str, R
             mounts.pop(mount.destination, None)
             mounts[mount.destination] = mount
         envs.extend(resource.envs)
-    return ResourceGrant(tuple(gids), tuple(devices), tuple(mounts.values()), tuple(envs))
+        hosts.extend((host.ip, host.hostname) for host in resource.hosts)
+    return ResourceGrant(tuple(gids), tuple(devices), tuple(mounts.values()), tuple(envs), tuple(hosts))
 
 
 def parse_resources_document(text: str) -> Dict[str, Resource]:

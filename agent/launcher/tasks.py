@@ -12,13 +12,15 @@ import logging
 import queue
 import threading
 from datetime import datetime, timezone
-from typing import Callable, List, Mapping, Optional
+from typing import Callable, List, Mapping, Optional, Tuple
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
 from ..errors import ResourceUnavailable
 from ..messages import now_timestamp
+from ..network.instance import AttachRequest, InstanceNetworkPort, Limits, NetworkParameters
 from ..ports import CrashRecord, InstanceKey, Sender
+from .bundle import aos_instance_id
 from .containers import Containers
 from .image import Image, Resolver
 from .lifecycle import (Event, ExitStatus, ImageReady, LaunchFailed, OfflineClock, Phase, ProcessRunning, RunPolicy,
@@ -45,6 +47,28 @@ def policy_from_item_config(image: Image) -> RunPolicy:
     run = item.run_parameters
     return RunPolicy(start_interval=run.start_interval, start_burst=run.start_burst,
                      restart_interval=run.restart_interval, offline_ttl=item.offline_ttl)
+
+
+def attach_request(instance: Instance, image: Image) -> AttachRequest:
+    """What the network manager needs of one instance: its InstanceInfo's network parameters and
+    its item config's hostname and traffic quotas."""
+    info = instance.info
+    params = NetworkParameters.of(info)
+    item = image.item_config
+    hostname = item.hostname or ""
+    names: Tuple[str, ...] = ()
+    if params is not None:
+        from ..network.dns import instance_names  # noqa: PLC0415 - only networked instances need it
+
+        ident = info.instance
+        names = tuple(instance_names(ident.item_id, ident.subject_id, ident.instance, params.network_id, hostname))
+    quotas = item.quotas
+    return AttachRequest(instance.container_id, instance_id_of(info), params, names, hostname,
+                         Limits(quotas.download_limit, quotas.upload_limit, quotas.download_speed, quotas.upload_speed))
+
+
+def instance_id_of(info: sm_pb2.InstanceInfo) -> str:
+    return aos_instance_id(info.instance.item_id, info.instance.subject_id, info.instance.instance)
 
 
 class Pool:
@@ -99,9 +123,11 @@ class Tasks:
 
     def __init__(self, *, containers: Containers, store: LauncherStore, sender: Sender, resolver: Resolver,
                  policy_of: PolicyOf, monotonic: Callable[[], float],
-                 post: Callable[[InstanceKey, Event], None], on_exit: Callable[[Exit], None]) -> None:
+                 post: Callable[[InstanceKey, Event], None], on_exit: Callable[[Exit], None],
+                 network: Optional[InstanceNetworkPort] = None) -> None:
         """``post`` feeds an event to an instance's life on the worker; ``on_exit`` queues a
-        process exit there."""
+        process exit there; ``network`` gives each run its namespace (None: the agent's own)."""
+        self._network = network
         self._containers = containers
         self._store = store
         self._sender = sender
@@ -124,12 +150,21 @@ class Tasks:
             self._post(key, LaunchFailed(run, problem_of(err)))
 
     def create(self, key: InstanceKey, instance: Instance, run: int) -> None:
+        """The run's ``Attach`` and ``Create`` effects, in that order, in one task: the container
+        spec names the namespace the attach made. A failed create detaches again (full rollback)."""
         with instance.lock:
+            attached = False
             try:
                 image = instance.image or self._containers.pull(instance.info.manifest_digest, self._resolver,
                                                                 instance.info.instance.item_id)
-                reader, pid = self._containers.create(instance, image)
+                network = None
+                if self._network is not None and instance.attach_run == run:
+                    network = self._network.attach(attach_request(instance, image), run)
+                    attached = True
+                reader, pid = self._containers.create(instance, image, network)
             except Exception as err:
+                if attached and self._network is not None:
+                    self._network.detach(instance.container_id, run)
                 log.warning("instance %s failed to start: %s", key, err)
                 if isinstance(err, ResourceUnavailable):
                     self._sender.send(Out(alert=sm_pb2.Alert(timestamp=now_timestamp(), resource_allocate_alert=(
@@ -155,6 +190,14 @@ class Tasks:
                     self._containers.touch_image(instance.info.manifest_digest)
             instance.run = None
         self._post(key, Stopped(run))
+
+    def detach(self, _key: InstanceKey, instance: Instance, run: int) -> None:
+        if self._network is None:
+            return
+        try:
+            self._network.detach(instance.container_id, run)
+        except Exception as err:  # the manager alerts on what it could not undo
+            log.error("instance %s: network detach: %s", instance.container_id, err)
 
     def follow(self, key: InstanceKey, instance: Instance, reader: int, pid: int, run_number: int,
                started_at: Optional[datetime] = None) -> None:

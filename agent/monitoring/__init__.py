@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .monitor import Monitor
+from .monitor import Monitor, TrafficPort
 
-__all__ = ["Monitor"]
+__all__ = ["Monitor", "TrafficPort"]

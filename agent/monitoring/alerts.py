@@ -40,6 +40,9 @@ class Rule:
     min_timeout: float
     min_threshold: int
     max_threshold: int
+    # How often a raised alert says ``continue``; None: every ``min_timeout`` (the wire's rules).
+    # The agent's own limit rules raise at once but repeat rarely.
+    repeat: Optional[float] = None
 
 
 class AlertProcessor:
@@ -80,7 +83,8 @@ class AlertProcessor:
         if value >= rule.min_threshold:
             self._below_min_since = None
             assert self._above_max_since is not None
-            if now - self._above_max_since >= rule.min_timeout:
+            repeat = rule.min_timeout if rule.repeat is None else rule.repeat
+            if now - self._above_max_since >= repeat:
                 self._above_max_since = now
                 return CONTINUE
             return None

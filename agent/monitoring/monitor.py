@@ -5,24 +5,36 @@ the samples to the moving averages that AverageMonitoring answers from, and feed
 processors, whose statuses go out as SystemQuotaAlert / InstanceQuotaAlert. Nothing here samples
 on CM's reader thread: ``average_monitoring`` only reads what the last polls kept, under a lock.
 
+Traffic (download/upload): with a ``traffic`` port (the network manager's accounting,
+NETWORK.md "Traffic accounting and limits") the node and each instance report their public bytes
+in the current UTC day, the node as max(its own counters, the sum of its instances); an
+instance's ``downloadLimit``/``uploadLimit`` becomes an alert rule of its own (raise once the
+limit is used up, ``continue`` every ``LIMIT_ALERT_REPEAT`` s, ``fall`` when the day rolls over)
+unless CM gave a rule for that parameter. Without the port (network manager disabled) the node
+reports the bytes its uplinks moved during the poll (/proc/net/dev) and instances none.
+
 Failures of the monitor itself (unreadable counters, a poll that raised) become CoreAlerts, at
 most once per problem per ``problem_interval`` so a broken file does not flood CM every poll.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from aos_sm import hw
 from aos_sm.hw.usage import resolve_cgroup_dirs
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
+from ..errors import AosError
 from ..messages import core_alert, now_timestamp
+from ..network.traffic import InstanceTraffic, TrafficReading
+from ..network.traffic_period import Bytes
 from ..nodeconfig import AlertRules, NodeConfig
 from ..ports import InstanceKey, MonitoredInstance, Sender
 from . import alerts
@@ -32,6 +44,15 @@ from .samplers import InstanceSampler, NodeSampler
 log = logging.getLogger(__name__)
 
 Out = sm_pb2.SMOutgoingMessages
+
+LIMIT_ALERT_REPEAT = 600.0  # seconds between ``continue`` statuses of a used-up traffic limit
+
+
+class TrafficPort(Protocol):
+    """The network manager's traffic accounting (``agent.network.traffic.Traffic``)."""
+
+    def read(self, now: float) -> TrafficReading:
+        """Bytes in the current period at ``now`` (wall-clock seconds since the epoch)."""
 
 
 class ProblemLimiter:
@@ -56,6 +77,24 @@ class _Watched:
     sampler: InstanceSampler
     average: MovingAverage
     processors: List[alerts.AlertProcessor] = field(default_factory=list)
+    limit_processors: Dict[str, alerts.AlertProcessor] = field(default_factory=dict)
+
+    def limit_rules(self, traffic: Optional[InstanceTraffic]) -> List[alerts.AlertProcessor]:
+        """One processor per traffic limit CM gave no rule for (a removed limit's processor is
+        dropped; one raised then gets no ``fall``: its limit no longer exists)."""
+        ruled = {processor.rule.parameter for processor in self.processors}
+        for parameter, limit in (("download", traffic.download_limit if traffic else None),
+                                 ("upload", traffic.upload_limit if traffic else None)):
+            if limit is None or parameter in ruled:
+                self.limit_processors.pop(parameter, None)
+                continue
+            rule = alerts.Rule(parameter, 0.0, limit, limit, repeat=LIMIT_ALERT_REPEAT)
+            processor = self.limit_processors.get(parameter)
+            if processor is None:
+                self.limit_processors[parameter] = alerts.AlertProcessor(rule)
+            elif processor.rule != rule:
+                processor.retune(rule)
+        return list(self.limit_processors.values())
 
 
 _NO_CHANGE = object()
@@ -78,6 +117,7 @@ class Monitor:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         problem_interval: float = 600.0,
+        traffic: Optional[TrafficPort] = None,
     ) -> None:
         self._sender = sender
         self._capacity = capacity
@@ -88,8 +128,9 @@ class Monitor:
         self._wall_clock = wall_clock
         self._limiter = ProblemLimiter(problem_interval)
         self._limiter_lock = threading.Lock()
+        self._traffic = traffic
         self._node = NodeSampler(root=root, max_dmips=capacity.max_dmips, partitions=partitions,
-                                 uplink_interfaces=uplink_interfaces)
+                                 uplink_interfaces=uplink_interfaces, count_uplinks=traffic is None)
         self._lock = threading.Lock()
         self._node_average = MovingAverage(self._window)
         self._system: List[alerts.AlertProcessor] = []
@@ -173,12 +214,19 @@ class Monitor:
         now, stamp = self._clock(), self._wall_clock()
         self._apply_node_rules()
         node, problems = self._node.sample(stamp)
+        reading = self._read_traffic(stamp, problems)
+        if reading is not None:
+            reported = reading.node_reported()
+            node = dataclasses.replace(node, download=reported.download, upload=reported.upload)
         with self._lock:
             watched = list(self._instances.values())
-        samples: List[Tuple[_Watched, Usage]] = []
+        samples: List[Tuple[_Watched, Usage, Optional[InstanceTraffic]]] = []
         for entry in watched:
             usage, instance_problems = entry.sampler.sample(stamp)
-            samples.append((entry, usage))
+            traffic = reading.instances.get(entry.instance.instance_id) if reading is not None else None
+            if traffic is not None:
+                usage = dataclasses.replace(usage, download=traffic.download, upload=traffic.upload)
+            samples.append((entry, usage, traffic))
             key = entry.instance.key
             problems += [f"instance {key.item_id}/{key.instance}: {p}" for p in instance_problems]
         outgoing: List[Out] = [Out(instant_monitoring=sm_pb2.InstantMonitoring(
@@ -187,23 +235,35 @@ class Monitor:
                 sm_pb2.InstanceMonitoring(instance=entry.instance.key.to_ident(),
                                           runtime_id=entry.instance.runtime_id,
                                           monitoring_data=usage.to_monitoring_data())
-                for entry, usage in samples
+                for entry, usage, _ in samples
             ],
         ))]
         with self._lock:
             self._node_average.add(node)
             for parameter, value, status in alerts.feed_all(self._system, node.values(), now):
                 outgoing.append(_system_alert(parameter, value, status))
-            for entry, usage in samples:
+            for entry, usage, traffic in samples:
                 if self._instances.get(entry.instance.key) is not entry:
                     continue  # unregistered during the poll
                 entry.average.add(usage)
-                for parameter, value, status in alerts.feed_all(entry.processors, usage.values(), now):
+                statuses = alerts.feed_all(entry.processors, usage.values(), now)
+                statuses += alerts.feed_all(entry.limit_rules(traffic), _limit_values(usage, traffic), now)
+                for parameter, value, status in statuses:
                     outgoing.append(_instance_alert(entry.instance.key, parameter, value, status))
         for message in outgoing:
             self._sender.send(message)
         for problem in problems:
             self._report(problem)
+
+    def _read_traffic(self, stamp: float, problems: List[str]) -> Optional[TrafficReading]:
+        if self._traffic is None:
+            return None
+        try:
+            return self._traffic.read(stamp)
+        except (AosError, OSError) as err:
+            # This poll reports no traffic (0) rather than the uplinks' private bytes.
+            problems.append(f"traffic accounting unreadable: {err}")
+            return TrafficReading(Bytes(), {})
 
     def _apply_node_rules(self) -> None:
         with self._lock:
@@ -229,6 +289,18 @@ class Monitor:
         if report:
             log.warning("monitoring: %s", problem)
             self._sender.send(core_alert(f"monitoring: {problem}"))
+
+
+def _limit_values(usage: Usage, traffic: Optional[InstanceTraffic]) -> Dict[str, int]:
+    """What the limit rules see: the period's bytes, or the limit itself once the kernel cuts
+    that direction (the counted bytes then stop just below it)."""
+    values = {"download": usage.download, "upload": usage.upload}
+    if traffic is not None:
+        if traffic.download_cut and traffic.download_limit is not None:
+            values["download"] = max(values["download"], traffic.download_limit)
+        if traffic.upload_cut and traffic.upload_limit is not None:
+            values["upload"] = max(values["upload"], traffic.upload_limit)
+    return values
 
 
 def _system_alert(parameter: str, value: int, status: str) -> Out:

@@ -69,13 +69,15 @@ class NodeSampler:
     """The node's cpu (DMIPS), ram (PROTOCOL.md formula), partitions and uplink traffic."""
 
     def __init__(self, *, root: Path, max_dmips: int, partitions: Sequence[Tuple[str, Path]],
-                 uplink_interfaces: Optional[Sequence[str]]) -> None:
+                 uplink_interfaces: Optional[Sequence[str]], count_uplinks: bool = True) -> None:
         self._root = root
         self._max_dmips = max_dmips
         self._partitions = tuple(partitions)
         self._interfaces = tuple(uplink_interfaces) if uplink_interfaces is not None else None
+        # False when the network manager accounts traffic: its figures replace the uplinks'.
+        self._count_uplinks = count_uplinks
         self._cpu = hw_usage.read_cpu_times(root)
-        self._traffic = self._read_traffic()
+        self._traffic = self._read_traffic() if count_uplinks else None
 
     def partition_sizes(self) -> Dict[str, int]:
         return partition_sizes(self._partitions)
@@ -106,10 +108,10 @@ class NodeSampler:
                 problems.append(f"partition {name!r} ({path}): {err.strerror or err}")
                 partitions.append((name, 0))
         download = upload = 0
-        traffic = self._read_traffic()
-        if traffic is None:
+        traffic = self._read_traffic() if self._count_uplinks else None
+        if traffic is None and self._count_uplinks:
             problems.append("node traffic: /proc/net/dev is unreadable")
-        elif self._traffic is not None:
+        elif traffic is not None and self._traffic is not None:
             for name, (received, sent) in traffic.items():
                 before = self._traffic.get(name)
                 if before is not None:

@@ -22,6 +22,9 @@ def make_config(tmp_path: Path, address: str, **extra: Any) -> AgentConfig:
         "workingDir": str(tmp_path / "work"),
         "resourcesConfigFile": str(tmp_path / "resources.cfg"),
         "runtimes": [{"type": "runc"}],
+        # The agent runs on this machine: no network manager, which would change its firewall
+        # (network tests run the agent inside a test namespace: tests/network).
+        "network": {"enabled": False},
         **extra,
     }
     (tmp_path / "work").mkdir(exist_ok=True)

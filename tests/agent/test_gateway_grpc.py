@@ -238,7 +238,7 @@ def test_aos_sm_run_exits_0_on_sigterm_and_sigint(
 ) -> None:
     config = tmp_path / "sm.json"
     config.write_text(json.dumps({
-        "nodeId": "node-proc", "cmServerURL": contract_cm.address, "tlsMode": "plaintext",
+        "nodeId": "node-proc", "cmServerURL": contract_cm.address, "network": {"enabled": False}, "tlsMode": "plaintext",
         "workingDir": str(tmp_path / "work"), "resourcesConfigFile": str(tmp_path / "none.cfg"),
     }))
     process = subprocess.Popen(

@@ -37,7 +37,7 @@ def test_sm_info_on_the_wire_carries_the_numbers_probe_prints(
 ) -> None:
     config = tmp_path / "sm.json"
     config.write_text(json.dumps({
-        "nodeId": "node-test", "cmServerURL": contract_cm.address, "tlsMode": "plaintext",
+        "nodeId": "node-test", "cmServerURL": contract_cm.address, "network": {"enabled": False}, "tlsMode": "plaintext",
         "workingDir": str(tmp_path / "work"), "resourcesConfigFile": str(tmp_path / "resources.cfg"),
         "runtimes": [{"type": "runc"}],
     }))

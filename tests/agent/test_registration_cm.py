@@ -166,7 +166,7 @@ def test_probe_prints_the_sm_info_run_registers_under_the_same_root(
     """rk3399: node id from its machine-id, resources from its /etc/aos/resources.cfg (two of
     them broken), runc judged by its hybrid cgroups; both commands go through one module."""
     root = BOARDS / "rk3399"
-    settings = {"cmServerURL": contract_cm.address, "tlsMode": "plaintext", "runtimes": [{"type": "runc"}],
+    settings = {"cmServerURL": contract_cm.address, "network": {"enabled": False}, "tlsMode": "plaintext", "runtimes": [{"type": "runc"}],
                 "workingDir": str(tmp_path / "work"), "cgroupParent": "/aos"}
     config = tmp_path / "sm.json"
     config.write_text(json.dumps(settings))

@@ -113,7 +113,7 @@ def _reaped(process: "subprocess.Popen[bytes]") -> Iterator["subprocess.Popen[by
 def _run_agent(cm: ContractCM, tmp_path: Path, env: dict, stderr: int) -> "subprocess.Popen[bytes]":  # type: ignore[type-arg]
     config = tmp_path / "aos_servicemanager.cfg"
     config.write_text(json.dumps({
-        "nodeId": "node-systemd", "cmServerURL": cm.address, "tlsMode": "plaintext",
+        "nodeId": "node-systemd", "cmServerURL": cm.address, "network": {"enabled": False}, "tlsMode": "plaintext",
         "workingDir": str(tmp_path / "work"), "resourcesConfigFile": str(tmp_path / "none.cfg"),
     }))
     return subprocess.Popen(
@@ -342,7 +342,7 @@ def test_the_unit_runs_under_the_real_systemd(contract_cm: ContractCM, tmp_path:
         pytest.skip("installing a system unit needs root")
     config = tmp_path / "aos_servicemanager.cfg"
     config.write_text(json.dumps({
-        "nodeId": "node-unit", "cmServerURL": contract_cm.address, "tlsMode": "plaintext",
+        "nodeId": "node-unit", "cmServerURL": contract_cm.address, "network": {"enabled": False}, "tlsMode": "plaintext",
         "workingDir": str(tmp_path / "work"), "resourcesConfigFile": str(tmp_path / "none.cfg"),
     }))
     unit_name = f"aos-sm-test-{uuid.uuid4().hex[:8]}.service"

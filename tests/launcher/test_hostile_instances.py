@@ -54,7 +54,7 @@ def test_a_batch_with_bad_instances_starts_the_good_ones_and_reports_all(
     contract_cm.blob_urls.update(blob_server.publish(image))
     work = tmp_path / "work"
     work.mkdir()
-    config = {"nodeId": NODE, "cmServerURL": contract_cm.address, "tlsMode": "plaintext",
+    config = {"nodeId": NODE, "cmServerURL": contract_cm.address, "network": {"enabled": False}, "tlsMode": "plaintext",
               "cmReconnectTimeout": "100ms", "cmReconnectMaxTimeout": "500ms", "workingDir": str(work),
               "resourcesConfigFile": str(tmp_path / "resources.cfg"), "runtimes": [{"type": "runc"}],
               "cgroupParent": cgroup_parent}
@@ -106,7 +106,7 @@ def test_a_stop_with_an_index_beyond_int64_is_refused_and_the_rest_of_the_batch_
 ) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    config = {"nodeId": NODE, "cmServerURL": contract_cm.address, "tlsMode": "plaintext",
+    config = {"nodeId": NODE, "cmServerURL": contract_cm.address, "network": {"enabled": False}, "tlsMode": "plaintext",
               "workingDir": str(work), "resourcesConfigFile": str(tmp_path / "resources.cfg"),
               "runtimes": [{"type": "runc"}], "cgroupParent": cgroup_parent}
     agent = build_agent(parse_config(json.dumps(config)))

@@ -37,7 +37,7 @@ TICKER = ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do echo tick; sleep 
 def agent_config(tmp_path: Path, address: str, cgroup_parent: str) -> Dict[str, Any]:
     (tmp_path / "work").mkdir(exist_ok=True)
     return {
-        "nodeId": NODE, "cmServerURL": address, "tlsMode": "plaintext",
+        "nodeId": NODE, "cmServerURL": address, "network": {"enabled": False}, "tlsMode": "plaintext",
         "cmReconnectTimeout": "100ms", "cmReconnectMaxTimeout": "500ms",
         "workingDir": str(tmp_path / "work"), "resourcesConfigFile": str(tmp_path / "resources.cfg"),
         "runtimes": [{"type": "runc"}], "cgroupParent": cgroup_parent,

@@ -9,7 +9,7 @@ from typing import Callable, Dict, List
 import pytest
 
 from aos_sm.agent.launcher import lifecycle as lc
-from aos_sm.agent.launcher.lifecycle import (EDGES, TOLERATED, WIRE_STATE, Adopted, CancelTimer, Create,
+from aos_sm.agent.launcher.lifecycle import (EDGES, TOLERATED, WIRE_STATE, Adopted, Attach, CancelTimer, Create, Detach,
                                              ExitStatus, Exited, Faulted, Forget, Halt, Ignored, ImageReady,
                                              InstanceLife, InvalidTransition, LaunchFailed, OfflineClock,
                                              Phase, Problem, ProcessRunning, Pull, Reap, Report,
@@ -109,7 +109,7 @@ def test_a_start_pulls_creates_opens_the_window_then_confirms() -> None:
     life = InstanceLife()
     assert life.handle(StartRequested()) == (Report(), Pull(1))
     assert life.wire_state == "activating"
-    assert life.handle(ImageReady(1, POLICY)) == (Create(1),)
+    assert life.handle(ImageReady(1, POLICY)) == (Attach(1), Create(1))
     assert life.handle(ProcessRunning(1, 10.0)) == (Watch(), StartTimer(6.0, StartWindowPassed(1)))
     assert life.wire_state == "activating"  # not active before the window (1.2 x startInterval)
     assert life.handle(StartWindowPassed(1)) == (Report(),)
@@ -120,9 +120,10 @@ def test_a_crash_reaps_reports_failed_and_restarts_after_the_restart_interval() 
     life = to(P.Active)
     killed = ExitStatus(None, 9, "killed by signal SIGKILL")
     effects = life.handle(Exited(life.run, 3.0, killed))
-    assert effects == (CancelTimer(), Unwatch(), Reap(1, killed), Report(), StartTimer(1.0, RestartTimerFired(1)))
+    assert effects == (CancelTimer(), Unwatch(), Reap(1, killed), Detach(1), Report(),
+                       StartTimer(1.0, RestartTimerFired(1)))
     assert (life.wire_state, life.problem) == ("failed", Problem(2, "instance killed by signal SIGKILL", 9))
-    assert life.handle(RestartTimerFired(1)) == (Report(), Create(2))
+    assert life.handle(RestartTimerFired(1)) == (Report(), Attach(2), Create(2))
     assert (life.wire_state, life.problem) == ("activating", None)
 
 
@@ -173,11 +174,11 @@ def test_events_of_an_older_run_are_ignored() -> None:
 def test_a_stop_halts_and_cm_stops_forget_ttl_stops_do_not() -> None:
     life = to(P.Active)
     assert life.handle(StopRequested(forget=True)) == (CancelTimer(), Unwatch(), Halt(2))
-    assert life.handle(Stopped(2)) == (Report(), Forget())
+    assert life.handle(Stopped(2)) == (Detach(2), Report(), Forget())
     assert life.wire_state == "inactive"
     by_ttl = to(P.Active)
     by_ttl.handle(TtlExpired())
-    assert by_ttl.handle(Stopped(by_ttl.run)) == (Report(),)
+    assert by_ttl.handle(Stopped(by_ttl.run)) == (Detach(by_ttl.run), Report())
     assert (by_ttl.phase, by_ttl.wire_state) == (P.Inactive, "inactive")
 
 
@@ -185,7 +186,7 @@ def test_cm_stopping_what_a_ttl_stops_forgets_it_once_stopped() -> None:
     life = to(P.Active)
     life.handle(TtlExpired())
     assert life.handle(StopRequested(forget=True)) == ()
-    assert life.handle(Stopped(life.run)) == (Report(), Forget())
+    assert life.handle(Stopped(life.run)) == (Detach(life.run), Report(), Forget())
 
 
 def test_a_failed_stop_is_failed_with_its_problem() -> None:

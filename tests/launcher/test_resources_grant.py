@@ -145,3 +145,12 @@ def test_host_resources_without_a_config_file_knows_no_resource(tmp_path: Path, 
     (tmp_path / "bad.cfg").write_text("{not json")
     with pytest.raises(NotFound):
         HostResources(tmp_path / "bad.cfg", root).grant([ResourceRequest("x")])
+
+
+def test_a_resource_gives_its_hosts_in_order_for_the_instances_etc_hosts() -> None:
+    from aos_sm.hw.resources import ResourceHost
+
+    offered = {"db": Resource("db", hosts=(ResourceHost("10.0.0.5", "db"), ResourceHost("10.0.0.6", "db2"))),
+               "web": Resource("web", hosts=(ResourceHost("10.0.0.7", "web"),))}
+    grant = grant_resources([ResourceRequest("web"), ResourceRequest("db")], offered, GROUPS, lookup)
+    assert grant.hosts == (("10.0.0.7", "web"), ("10.0.0.5", "db"), ("10.0.0.6", "db2"))

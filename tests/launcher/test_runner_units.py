@@ -208,3 +208,37 @@ def test_the_periodic_sweep_drops_an_image_whose_layer_was_corrupted_on_disk(tmp
         assert store.installed() == [] and not layer_dir.exists()
     finally:
         launcher.stop()
+
+
+class RecordingNetwork:
+    """An InstanceNetworkPort that records what the launcher asks of it."""
+
+    def __init__(self) -> None:
+        self.calls: List[tuple] = []
+
+    def attach(self, request: object, run: int) -> object:
+        raise AssertionError("nothing is created in these tests")
+
+    def detach(self, namespace: str, run: int) -> None:
+        self.calls.append(("detach", namespace, run))
+
+    def keep_only(self, namespaces: set) -> None:
+        self.calls.append(("keep_only", frozenset(namespaces)))
+
+
+def test_at_start_the_network_keeps_only_the_stored_instances_and_a_failed_start_detaches(tmp_path: Path) -> None:
+    sender = RecordingSender()
+    network = RecordingNetwork()
+    launcher = Launcher(sender=sender, working_dir=tmp_path, runtimes={}, resolver=lambda d: [],
+                        monitor=NullMonitor(), cgroup_parent="aos-sm-runner-unit", network=network)
+    launcher.start()
+    try:
+        assert network.calls == [("keep_only", frozenset())]
+        launcher.update_instances(sm_pb2.UpdateInstances(start_instances=[info("a")]))
+        sender.wait(lambda s: len(s.of_kind("node_instances_status")) == 1)
+        launcher.wait_idle()
+        container = launcher._containers.container_id(InstanceKey("a", "s", 0))  # noqa: SLF001
+        # The pull failed (no such runtime): the life cycle's Detach still runs, a no-op there.
+        assert network.calls[1:] == [("detach", container, 1)]
+    finally:
+        launcher.stop()

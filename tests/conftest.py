@@ -77,3 +77,52 @@ def tls_material(tmp_path: Path) -> TLSMaterial:
     if openssl_path() is None:
         pytest.skip("the openssl CLI is not installed; the test PKI is made with it")
     return make_tls_material(tmp_path / "tls")
+
+
+# --- The machine's own network is never a test target (DEVELOPERS.md): network tests run in
+# namespaces they create. This guard snapshots what an agent could change in the namespace pytest
+# runs in (our nftables table, links, IPv4 forwarding) around every test and fails the test that
+# changed it, so a test that forgets `"network": {"enabled": false}` is caught where it runs.
+
+def _host_network() -> Optional[tuple]:
+    if os.geteuid() != 0 or EMULATED:
+        return None  # nothing an unprivileged or emulated run could change
+    try:
+        links = tuple(sorted(line.split(":", 1)[0].strip() for line in
+                             Path("/proc/net/dev").read_text().splitlines()[2:]))
+        forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+    except OSError:
+        return None
+    return links, forwarding, _our_nft_tables()
+
+
+def _our_nft_tables() -> tuple:
+    global _nft
+    if _nft is None:
+        try:
+            from aos_sm.agent.network.nft import Nft  # noqa: PLC0415 - only where nftables exists
+            _nft = Nft()
+        except Exception:  # no nftables here: nothing of ours can be in it either
+            _nft = False
+    if _nft is False:
+        return ()
+    try:
+        listed = _nft.query("list tables")["nftables"]
+    except Exception:
+        return ()
+    return tuple(sorted(f"{t['table']['family']} {t['table']['name']}" for t in listed
+                        if "table" in t and t["table"]["name"].startswith("aos")))
+
+
+_nft: object = None
+
+
+@pytest.fixture(autouse=True)
+def _machine_network_untouched() -> Iterator[None]:
+    before = _host_network()
+    yield
+    after = _host_network()
+    if before is not None and after is not None and after != before:
+        pytest.fail(f"the test changed the machine's own network (links, ip_forward, nftables): "
+                    f"before {before}, after {after}; run the agent in a test namespace or set "
+                    f"network.enabled false")

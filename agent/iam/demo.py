@@ -31,6 +31,8 @@ def run_iam_demo(timeout: float = 15.0) -> int:
             "iamPublicServerURL": iam.public_address, "iamProtectedServerURL": iam.protected_address,
             "certStorage": "sm", "workingDir": str(Path(workdir) / "work"),
             "resourcesConfigFile": str(Path(workdir) / "resources.cfg"), "cmReconnectTimeout": "1s",
+            # A try-out on any machine, as `aos-sm demo`: no namespaces, no firewall table of ours.
+            "network": {"enabled": False},
         }))
         print(f"fake IAM at {iam.public_address} (CA {iam.ca.cert_path}); CM simulator at {simulator.address} (mTLS)",
               flush=True)

@@ -26,6 +26,8 @@ def iam_config(tmp_path: Path, iam: SimulatedIAM, cm_address: str, **extra: Any)
         "workingDir": str(tmp_path / "work"),
         "resourcesConfigFile": str(tmp_path / "resources.cfg"),
         "runtimes": [{"type": "runc"}],
+        # These agents run in the machine's own network namespace: no network manager there.
+        "network": {"enabled": False},
         **extra,
     }
     (tmp_path / "work").mkdir(exist_ok=True)

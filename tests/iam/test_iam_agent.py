@@ -130,7 +130,7 @@ def test_plaintext_with_iam_takes_the_identity_and_asks_no_certificate(tmp_path:
         config = parse_config(json.dumps({"cmServerURL": cm.address, "tlsMode": "plaintext",
                                           "iamPublicServerURL": "127.0.0.1:9", "workingDir": str(tmp_path / "w"),
                                           "resourcesConfigFile": str(tmp_path / "r.cfg"),
-                                          "runtimes": [{"type": "runc"}]}))
+                                          "runtimes": [{"type": "runc"}], "network": {"enabled": False}}))
         agent = build_agent(config, iam=(client, client.node_info))
         agent.start()
         try:

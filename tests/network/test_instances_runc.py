@@ -102,9 +102,12 @@ def test_instances_get_their_own_namespaces_networked_or_loopback_only(
     web, lonely = (Namespace(Path(bundle_netns(tmp_path, launcher, n)).name) for n in ("web", "lonely"))
     assert links(lonely) == ["lo"]
     assert links(web) == ["eth0", "lo"]
-    # The container's own view: its processes are in that namespace.
-    hosts = (tmp_path / "work" / "launcher" / "bundles" / web.name / "hosts").read_text()
-    assert "172.18.0.2 net-a" in hosts
+    # The container's own view: its /etc/hosts (in its rootfs top layer) names it on its network,
+    # and its resolv.conf points at the network's dnsmasq on the bridge address.
+    hosts = in_container(tmp_path, launcher, "web", "/bin/busybox", "cat", "/etc/hosts")
+    assert "172.18.0.2 net-a" in hosts, hosts
+    resolv = in_container(tmp_path, launcher, "web", "/bin/busybox", "cat", "/etc/resolv.conf")
+    assert resolv.splitlines()[0] == "nameserver 172.18.0.1", resolv
     # Each resolves the other's names through the network's dnsmasq (its /etc/resolv.conf).
     for who, other, ip in (("web", "db", "172.18.0.3"), ("db", "web", "172.18.0.2")):
         for name in (f"0.subj.{other}", f"subj.{other}.net-a"):

@@ -128,11 +128,14 @@ def _capacity_json(report: NodeCapacityReport) -> dict[str, Any]:
             "totalRAM": _figure_json(report.total_ram), "allowedRAM": _figure_json(report.allowed_ram)}
 
 
-def network_prerequisites(settings: AgentConfig) -> Dict[str, Any]:
+def network_prerequisites(settings: AgentConfig, root: Path = Path("/")) -> Dict[str, Any]:
     """The network manager's prerequisites (NETWORK.md), as the agent checks them at start:
-    {feature: "ok" or why missing}; empty when the network manager is disabled."""
+    {feature: "ok" or why missing}; empty when the network manager is disabled. They belong to
+    the running kernel, so a probe of another tree (``--root``) does not claim them for it."""
     if not settings.network_enabled:
         return {}
+    if root.resolve() != Path("/"):
+        return {"all": f"not checked: --root {root} probes a tree, the prerequisites are the running kernel's"}
     if os.geteuid() != 0:
         return {"all": "not checked: needs root (network namespaces)"}
     from .network.namespaces import Namespaces  # noqa: PLC0415 - only the probe and the agent load it
@@ -145,7 +148,8 @@ def network_prerequisites(settings: AgentConfig) -> Dict[str, Any]:
 def _network_line(network: Dict[str, Any]) -> str:
     if not network:
         return "manager disabled (network.enabled false): instances share the agent's network"
-    return "; ".join(name if why == "ok" else f"{name} MISSING ({why})" for name, why in network.items())
+    return "; ".join(name if why == "ok" else why if why.startswith("not checked") else f"{name} MISSING ({why})"
+                     for name, why in network.items())
 
 
 def _write_table(out: TextIO, capacity: NodeCapacity, settings: AgentConfig, plan: RegistrationPlan,
@@ -213,9 +217,9 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     # The cores' own provenance: capacity.dmips_provenance says "operator" once a maxDMIPS applies.
     comparison = compare_dmips(_measured(capacity), iam.max_dmips, dmips_provenance(capacity.cpus)) \
         if iam is not None else None
-    network = network_prerequisites(settings)
+    network = network_prerequisites(settings, root)
     for name, why in network.items():
-        if why != "ok":
+        if why != "ok" and not why.startswith("not checked: --root"):
             err.write(f"aos-sm probe: network: {name} missing: {why}\n")
     if args.json:
         document = {

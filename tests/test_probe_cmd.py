@@ -117,3 +117,29 @@ def test_the_config_check_names_what_cm_limits_leave_out(tmp_path: Path) -> None
 def test_a_root_that_does_not_exist_exits_2(tmp_path: Path) -> None:
     code, out, err = _run(["--root", str(tmp_path / "nowhere")])
     assert code == 2 and out == "" and "nowhere" in err
+
+
+def test_a_probe_of_another_tree_does_not_claim_this_kernels_network_prerequisites(tmp_path: Path) -> None:
+    code, out, err = _run(["--root", str(BOARDS / "rk3399"), "--config", _runc_only(tmp_path), "--json"])
+    assert code == 0
+    (why,) = json.loads(out)["networkPrerequisites"].values()
+    assert why.startswith("not checked: --root") and "network:" not in err
+
+
+def test_the_live_probe_tries_the_network_prerequisites_in_a_throwaway_namespace(tmp_path: Path) -> None:
+    import os  # noqa: PLC0415
+
+    import pytest  # noqa: PLC0415
+
+    if os.geteuid() != 0:
+        pytest.skip("the network prerequisites need root (a throwaway network namespace)")
+    code, out, err = _run(["--config", _runc_only(tmp_path), "--json"])
+    assert code == 0
+    found = json.loads(out)["networkPrerequisites"]
+    from aos_sm.agent.network.prerequisites import FEATURES  # noqa: PLC0415
+
+    assert list(found) == list(FEATURES), found
+    assert found["bridge"] == "ok" and found["veth"] == "ok", found  # what every test namespace uses
+    missing = [name for name, why in found.items() if why != "ok"]
+    # Each missing feature is also one stderr line naming it (what an integrator reads first).
+    assert all(f"network: {name} missing" in err for name in missing), err

@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import json
 import shutil
+import socket
 import subprocess
 import threading
 from typing import Any, Dict, Optional
@@ -43,6 +44,19 @@ class NftError(RuntimeFailure):
     """nftables refused a batch; the message is nft's own, cause first."""
 
 
+_NETLINK_NETFILTER = 12  # <linux/netlink.h>
+
+
+def _check_netlink() -> None:
+    # libnftables (through libmnl) calls exit(3) when it cannot open its netlink socket: a kernel
+    # without nf_tables (or an emulator without netfilter netlink) would end the whole agent.
+    # Opening the same socket first turns that into an error the caller can report.
+    try:
+        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER).close()
+    except OSError as err:
+        raise NftError(f"nftables unusable: no netfilter netlink in this kernel ({err.strerror or err})") from err
+
+
 class Nft:
     """A libnftables context (or the `nft` binary): ``run`` applies a script atomically, ``query``
     lists in JSON. Thread-safe: a context is not, so calls are serialised."""
@@ -51,6 +65,7 @@ class Nft:
         self._lock = threading.Lock()
         self._lib: Any = None
         self._ctx: Any = None
+        _check_netlink()
         lib = _load(library)
         if lib is None:
             self._binary = shutil.which("nft")

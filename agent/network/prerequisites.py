@@ -10,9 +10,11 @@ at all (everything built in), so a file lookup would say nothing.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
+import struct
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from typing import Callable, Dict, List
 
 from .namespaces import Namespaces
 from .nft import Nft
-from .rtnl import Rtnl, setns
+from .rtnl import NLM_F_CREATE, NLM_F_EXCL, NetlinkError, Rtnl, attr_str, nested, setns
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,55 @@ def _link_kinds(inside: Rtnl) -> Dict[str, str]:
     return results
 
 
+# Traffic control (rtnetlink(7), <linux/rtnetlink.h>, <linux/pkt_sched.h>): what shaping needs.
+RTM_NEWQDISC, RTM_NEWTFILTER, RTM_NEWACTION = 36, 44, 48
+TCA_KIND, TCA_ACT_TAB, TCA_ACT_KIND = 1, 1, 1
+TC_H_ROOT, TC_H_INGRESS, INGRESS_HANDLE = 0xFFFFFFFF, 0xFFFFFFF1, 0xFFFF0000
+ETH_P_ALL = 0x0003
+_TCMSG = struct.Struct("=BxxxiIII")  # family, ifindex, handle, parent, info
+_TCAMSG = struct.Struct("=Bxxx")
+# A kind the kernel lacks (built in or loadable) is ENOENT; any other answer, success or EINVAL
+# for the options these bare requests leave out, means the kernel found the kind. EAGAIN: the
+# kernel has just loaded its module and asks for the request again.
+_ABSENT = (errno.ENOENT, errno.EOPNOTSUPP)
+
+
+def _tc_kind(inside: Rtnl, message: int, body: bytes, what: str) -> str:
+    for _ in range(2):
+        try:
+            inside.request(message, NLM_F_CREATE | NLM_F_EXCL, body, what)
+            return ""
+        except NetlinkError as err:
+            if err.errno == errno.EAGAIN:
+                continue
+            return str(err) if err.errno in _ABSENT else ""
+    return f"{what}: the kernel kept asking to retry"
+
+
+def tc_kinds(inside: Rtnl, qdisc: str = "tbf") -> Dict[str, str]:
+    """{tbf, ingress, mirred, u32: '' if the kernel has it, else why}, tried on ``lo`` of the
+    namespace ``inside`` talks to. ``qdisc`` names the root qdisc tried as "tbf" (tests pass a
+    kind no kernel has, to see the absence reported)."""
+    lo = inside.index("lo")
+    found = {
+        "tbf": _tc_kind(inside, RTM_NEWQDISC, _TCMSG.pack(0, lo, 0x10000, TC_H_ROOT, 0) + attr_str(TCA_KIND, qdisc),
+                        f"{qdisc} qdisc"),
+        "ingress": _tc_kind(inside, RTM_NEWQDISC, _TCMSG.pack(0, lo, INGRESS_HANDLE, TC_H_INGRESS, 0)
+                            + attr_str(TCA_KIND, "ingress"), "ingress qdisc"),
+    }
+    # The filter hangs on the ingress qdisc: without it, say so rather than a misleading u32 error.
+    info = (1 << 16) | socket_htons(ETH_P_ALL)
+    found["u32"] = _tc_kind(inside, RTM_NEWTFILTER, _TCMSG.pack(0, lo, 0, INGRESS_HANDLE, info)
+                            + attr_str(TCA_KIND, "u32"), "u32 filter") if not found["ingress"] else "needs ingress"
+    found["mirred"] = _tc_kind(inside, RTM_NEWACTION, _TCAMSG.pack(0)
+                               + nested(TCA_ACT_TAB, nested(1, attr_str(TCA_ACT_KIND, "mirred"))), "mirred action")
+    return found
+
+
+def socket_htons(value: int) -> int:
+    return int.from_bytes(value.to_bytes(2, "big"), "little")
+
+
 def _nft_features(nft: Nft) -> str:
     table = "inet aos-sm-probe"
     script = (f"add table {table}\n"
@@ -96,6 +147,7 @@ def _probe_inside(path: str) -> Dict[str, str]:
                 setns(target.fileno())
             with Rtnl() as inside:
                 found.update(_link_kinds(inside))
+                found.update(tc_kinds(inside))
             nft = Nft()
             try:
                 found["nf_tables nat/masquerade/ct"] = _nft_features(nft)
@@ -110,7 +162,9 @@ def _probe_inside(path: str) -> Dict[str, str]:
     return found
 
 
-FEATURES = ("bridge", "veth", "8021q", "ifb", "nf_tables nat/masquerade/ct", "dnsmasq", "ip_forward")
+FEATURES = ("bridge", "veth", "8021q", "ifb", "tbf", "ingress", "mirred", "u32", "nf_tables nat/masquerade/ct",
+            "dnsmasq", "ip_forward")
+_KERNEL = FEATURES[:-2]  # tried in the throwaway namespace; the last two are files on the board
 
 
 def check_prerequisites(namespaces: Namespaces, ip_forward: str = "/proc/sys/net/ipv4/ip_forward") -> Prerequisites:
@@ -131,8 +185,8 @@ def check_prerequisites(namespaces: Namespaces, ip_forward: str = "/proc/sys/net
         finally:
             namespaces.delete(name)
     except Exception as err:
-        found = {feature: f"no network namespace: {err}" for feature in FEATURES[:5]}
-    for feature in FEATURES[:5]:
+        found = {feature: f"no network namespace: {err}" for feature in _KERNEL}
+    for feature in _KERNEL:
         note(feature, found.get(feature, "not tried"))
     note("dnsmasq", "" if shutil.which("dnsmasq") else "not on PATH")
     note("ip_forward", "" if os.access(ip_forward, os.W_OK) else f"{ip_forward} not writable")

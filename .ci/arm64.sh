@@ -290,12 +290,13 @@ print(platform.machine(), "python", platform.python_version(), *(f"{d} {m.versio
 
 # --- boot test ----------------------------------------------------------------------------------
 BOOT=$CACHE/boot                   # rebuilt every run: initramfs, root disk, console log
-BOOT_MODULES="virtio_mmio virtio_blk virtio_net crc32c_generic ext4"
+# overlay: an instance's read-only root (the boot test starts one, for the VLAN check).
+BOOT_MODULES="virtio_mmio virtio_blk virtio_net crc32c_generic ext4 overlay"
 # The network manager's kernel parts (NETWORK.md "prerequisites"); the root disk has no modules
 # to autoload from, so they are loaded from the initramfs too. 8021q is what this machine's own
 # kernel lacks: the boot test is where the VLAN link is checked. A module this kernel builds in
 # (or lacks) is logged, not fatal: the agent's prerequisite CoreAlert then says what is missing.
-NET_MODULES="8021q bridge veth nf_tables nft_chain_nat nft_masq nft_ct nft_quota sch_tbf sch_ingress act_mirred cls_u32 ifb"
+NET_MODULES="8021q bridge veth nf_tables nft_chain_nat nft_masq nft_ct nft_quota nft_objref sch_tbf sch_ingress act_mirred cls_u32 ifb"
 BOOT_TIMEOUT=${AOS_SM_BOOT_TIMEOUT:-1080}   # seconds from qemu start; the brief allows 20 minutes
 # The board's busybox-init script: the one the Buildroot package installs.
 BOARD_INIT_SCRIPT=$PROJECT/packaging/S95aos-sm
@@ -367,7 +368,8 @@ boot_test() {
     log "booting $(cat "$KERNEL_DIR/PACKAGE") on qemu-system-aarch64 -cpu cortex-a53 (console: $BOOT/console.log)"
     timeout --kill-after=30 $((BOOT_TIMEOUT + 60)) "$PROJECT/.venv/bin/python" .ci/arm64/boot_check.py \
         --kernel "$KERNEL_DIR/boot/vmlinuz-$kver" --initrd "$BOOT/initramfs.cpio.gz" \
-        --disk "$BOOT/root.img" --console "$BOOT/console.log" --timeout "$BOOT_TIMEOUT" || {
+        --disk "$BOOT/root.img" --console "$BOOT/console.log" --timeout "$BOOT_TIMEOUT" \
+        --busybox "$ROOTFS/bin/busybox" || {
         log "guest console (tail of $BOOT/console.log):"
         tail -60 "$BOOT/console.log" >&2 || true
         die "boot test: the agent on qemu-system-aarch64 did not register as expected"

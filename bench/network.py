@@ -116,6 +116,11 @@ def main() -> int:
                 return AttachRequest(name, name, NetworkParameters("bench", "172.18.0.0/16", address(index)))
 
             try:
+                # A network's bridge exists only while an instance of it is attached: one instance
+                # holds it for the whole bench, so both sides attach to an existing bridge (the
+                # common case; the network's first attach also builds the bridge).
+                holder = args.many + 1
+                manager.attach(request(holder), 1)
                 for run in range(1, args.rounds + 1):
                     started = time.perf_counter()
                     manager.attach(request(0), run)
@@ -133,6 +138,7 @@ def main() -> int:
                     many_shell.append(timed_shell("".join(shell_attach(tag, i, bridge) for i in range(args.many))))
                     timed_shell("".join(shell_detach(tag, i) for i in range(args.many)))
             finally:
+                manager.detach(f"{prefix}{args.many + 1}", args.rounds + 1)
                 manager.update_networks(sm_pb2.UpdateNetworks())
                 manager.keep_only(set())
                 manager.close()

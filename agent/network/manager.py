@@ -2,6 +2,10 @@
 keeps what it made in ``<workingDir>/network/state.json`` (atomic writes), and after a restart
 adopts what that state owns and removes the rest of ours.
 
+A network CM lists is stored; its bridge, VLAN link, masquerade and dnsmasq exist only while an
+instance of it is attached on this node (NETWORK.md): the first attach builds them and the last
+detach removes them, each as ops of that attach or detach.
+
 Sources of network parameters are ports: today ``update_networks`` (CM's UpdateNetworks) and the
 :class:`AttachRequest` the launcher builds from ``InstanceInfo.network_parameters``; a pull source
 (NETWORK.md "next contract") would call the same two methods. One lock serialises every change:
@@ -17,7 +21,7 @@ import logging
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
@@ -29,8 +33,9 @@ from . import firewall
 from .adapter import Adapter
 from .hostfiles import instance_files
 from .instance import AttachRequest, InstanceNetwork, Limits, Rule
-from .plan import (OUR_LINK, AddDnsNames, AddDnsNetwork, AddInstanceFilter, Attachment, Network, check_attachment,
-                   network_chain_name, plan_attach, plan_detach, plan_network_create, plan_networks)
+from .plan import (OUR_LINK, AddDnsNames, AddDnsNetwork, AddInstanceFilter, Attachment, Network, Op,
+                   check_attachment, network_chain_name, plan_attach, plan_detach, plan_network_create,
+                   plan_network_remove, plan_networks)
 from .prerequisites import Prerequisites
 
 log = logging.getLogger(__name__)
@@ -85,13 +90,26 @@ class NetworkManager:
                 self._restore(self._adapter)
 
     def _restore(self, adapter: Adapter) -> None:
-        # The DNS servers of the stored networks still run: owned again before anything asks for
-        # them (a second server on the same address would fail).
+        for namespace, attachment in list(self._attachments.items()):
+            if not adapter.namespaces.path(namespace).exists():
+                # Its network's objects are settled below, by whether instances remain.
+                log.warning("network: namespace %s is gone; its attachment is dropped", namespace)
+                adapter.run_all(plan_detach(attachment, self._networks.get(attachment.network_id)))
+                self._forget(namespace)
+        active = self._active()
+        # The DNS servers of the networks with instances still run: owned again before anything
+        # asks for them (a second server on the same address would fail); the others are stopped.
         try:
-            adapter.dns.adopt(set(self._networks))
+            adapter.dns.adopt(active)
         except Exception as err:
             log.warning("network: adopting the DNS servers: %s", err)
         for network in list(self._networks.values()):
+            if network.network_id not in active:
+                # Stored, but no instance here (its last one went while the agent was down, or
+                # a kill came between a last detach and the state's save): nothing of it stays.
+                for problem in adapter.run_all(plan_network_remove(network)):
+                    log.warning("network %s: removing what was left of it: %s", network.network_id, problem)
+                continue
             # Re-applied step by step, never rolled back: what exists stays, what is missing is made.
             upstream = self._upstream_of(network.network_id)
             self._upstream[network.network_id] = upstream
@@ -100,11 +118,6 @@ class NetworkManager:
             for problem in adapter.run_all(ops):
                 self._alert(f"network {network.network_id}: not fully restored: {problem}")
         for namespace, attachment in list(self._attachments.items()):
-            if not adapter.namespaces.path(namespace).exists():
-                log.warning("network: namespace %s is gone; its attachment is dropped", namespace)
-                adapter.run_all(plan_detach(attachment, self._networks.get(attachment.network_id)))
-                self._forget(namespace)
-                continue
             home = self._networks.get(attachment.network_id)
             if attachment.networked and home is not None:
                 # The links and the namespace survived; the rules and names are re-applied
@@ -191,7 +204,7 @@ class NetworkManager:
         with self._lock, self._home() as adapter:
             old = self._attachments.get(request.namespace)
             if old is not None:
-                adapter.run_all(plan_detach(old, self._networks.get(old.network_id)))
+                adapter.run_all(self._detach_plan(old))
                 self._forget(request.namespace)
             params = request.parameters
             network: Optional[Network] = None
@@ -206,16 +219,23 @@ class NetworkManager:
                 attachment = Attachment(request.namespace, request.instance_id, params.network_id, params.ip,
                                         params.dns_servers, params.rules, request.names, request.limits)
                 check_attachment(attachment, network)
-            adapter.run(plan_attach(attachment, network))
+            # The first instance of a network builds its bridge, VLAN, filter and DNS server.
+            first = attachment.networked and attachment.network_id not in self._active()
+            ops = plan_attach(attachment, network, first, self.prerequisites.vlan)
+            adapter.run(ops)
             self._attachments[request.namespace] = attachment
+            if first:
+                self._upstream[attachment.network_id] = self._upstream_of(attachment.network_id)
             if network is not None:
                 self._update_upstream(adapter, network)
             self._runs[request.namespace] = run
             try:
                 self._save()
             except Exception:
-                adapter.undo(plan_attach(attachment, network))
+                adapter.undo(ops)
                 self._forget(request.namespace)
+                if first:
+                    self._upstream.pop(attachment.network_id, None)
                 raise
             files = None
             if network is not None and params is not None:
@@ -230,7 +250,7 @@ class NetworkManager:
             if attachment is None or self._adapter is None or self._runs.get(namespace, 0) > run:
                 return
             with self._adapter.at_home():
-                problems = self._adapter.run_all(plan_detach(attachment, self._networks.get(attachment.network_id)))
+                problems = self._adapter.run_all(self._detach_plan(attachment))
             self._forget(namespace)
             self._save()
             if problems:
@@ -248,8 +268,8 @@ class NetworkManager:
     def _keep_only(self, adapter: Adapter, namespaces: Set[str]) -> None:
         for namespace in [n for n in self._attachments if n not in namespaces]:
             self.detach(namespace, self._runs.get(namespace, 0))
-        owned_links = {n.bridge for n in self._networks.values()} | \
-            {n.vlan for n in self._networks.values() if n.vlan_id} | \
+        active = [n for n in self._networks.values() if n.network_id in self._active()]
+        owned_links = {n.bridge for n in active} | {n.vlan for n in active if n.vlan_id} | \
             {a.veth for a in self._attachments.values() if a.networked}
         for link in adapter.rtnl.links():
             if OUR_LINK.match(link.name) and link.name not in owned_links:
@@ -263,11 +283,12 @@ class NetworkManager:
                 log.warning("network: namespace %s belongs to nothing stored: removed", name)
                 adapter.namespaces.delete(name)
         self._remove_stray_chains(adapter)
-        adapter.dns.adopt(set(self._networks))
+        adapter.dns.adopt(self._active())
         adapter.traffic.adopt({n for n, a in self._attachments.items() if a.networked})
 
     def _remove_stray_chains(self, adapter: Adapter) -> None:
-        owned = {network_chain_name(n) for n in self._networks}
+        active = self._active()
+        owned = {network_chain_name(n) for n in active}
         for attachment in self._attachments.values():
             if attachment.networked:
                 owned |= {attachment.chain + "-out", attachment.chain + "-in"}
@@ -278,6 +299,8 @@ class NetworkManager:
         lines = [f"flush map {firewall.TABLE} {m}" for m in ("from_instance", "to_instance", "from_bridge")]
         lines += [f"flush chain {firewall.TABLE} {c}\ndelete chain {firewall.TABLE} {c}" for c in stray]
         for network in self._networks.values():
+            if network.network_id not in active:
+                continue
             lines.append(f"add element {firewall.TABLE} from_bridge {{ \"{network.bridge}\" : "
                          f"jump {network_chain_name(network.network_id)} }}")
         for attachment in self._attachments.values():
@@ -298,6 +321,21 @@ class NetworkManager:
             return dict(self._attachments)
 
     # --- internals
+
+    def _active(self) -> Set[str]:
+        """The stored networks with an instance attached here: those whose objects exist."""
+        return {a.network_id for a in self._attachments.values() if a.networked and a.network_id in self._networks}
+
+    def _detach_plan(self, attachment: Attachment) -> List[Op]:
+        """The detach of a stored attachment; the last of its network also takes the network's
+        objects down (and forgets the upstream servers its DNS server had)."""
+        network = self._networks.get(attachment.network_id)
+        last = attachment.networked and network is not None and not any(
+            a.network_id == attachment.network_id for n, a in self._attachments.items()
+            if n != attachment.namespace and a.networked)
+        if last:
+            self._upstream.pop(attachment.network_id, None)
+        return plan_detach(attachment, network, last)
 
     def _update_upstream(self, adapter: Adapter, network: Network) -> None:
         """dnsmasq's upstream servers: the ``dns_servers`` CM gave the network's instances."""

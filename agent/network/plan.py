@@ -10,6 +10,12 @@ with what is wanted and returns a list of :data:`Op`; every op knows its own und
 (:func:`undo`), so an executor that fails at op *k* rolls back by running the undos of ops
 *k-1 … 0* in that order (:func:`rollback`), and a detach is the undo of the attach, reversed.
 
+A network CM lists is only stored until an instance of it is attached here (NETWORK.md: its
+bridge, VLAN and dnsmasq go when its last instance goes): the first attach to a network builds
+the network's objects before the veth, as ops of that attach (a failure rolls them back too), and
+the last detach removes them after the veth. UpdateNetworks changes or removes the objects of a
+network only while it has instances; a network without instances has none to touch.
+
 Nothing here does I/O, reads a clock or starts a thread (``tests/network/test_plan.py`` checks
 the imports). Names of what we create are derived here too, so the adapter and the restart
 cleanup agree on what is ours: ``br-<8 hex>`` bridges and ``vlan-<8 hex>`` VLAN links of a
@@ -377,9 +383,18 @@ def plan_network_change(old: Network, new: Network, vlan_supported: bool = True)
     return ops
 
 
-def plan_attach(attachment: Attachment, network: Optional[Network]) -> List[Op]:
-    """Everything an instance's start needs, in order; its namespace first."""
-    ops: List[Op] = [AddNamespace(attachment.namespace)]
+def plan_attach(attachment: Attachment, network: Optional[Network], first: bool = False,
+                vlan_supported: bool = True) -> List[Op]:
+    """Everything an instance's start needs, in order. ``first``: no other instance of the network
+    is attached, so the network's bridge, VLAN, forwarding, filter and DNS server come first
+    (the DNS server with this instance's ``dns_servers`` as upstream), then the namespace."""
+    ops: List[Op] = []
+    if attachment.networked and first:
+        assert network is not None
+        upstream = tuple(dict.fromkeys(attachment.dns_servers))
+        ops += [AddDnsNetwork(op.network, upstream) if isinstance(op, AddDnsNetwork) else op
+                for op in plan_network_create(network, vlan_supported)]
+    ops.append(AddNamespace(attachment.namespace))
     if not attachment.networked:
         return ops
     assert network is not None
@@ -395,9 +410,10 @@ def plan_attach(attachment: Attachment, network: Optional[Network]) -> List[Op]:
     return ops
 
 
-def plan_detach(attachment: Attachment, network: Optional[Network]) -> List[Op]:
-    """The undo of the attach, last step first: the namespace goes last."""
-    return rollback(plan_attach(attachment, network))
+def plan_detach(attachment: Attachment, network: Optional[Network], last: bool = False) -> List[Op]:
+    """The undo of the attach, last step first: the namespace, then (``last``: no other instance
+    of the network stays attached) the network's objects."""
+    return rollback(plan_attach(attachment, network, first=last))
 
 
 @dataclass(frozen=True)
@@ -416,8 +432,10 @@ def plan_networks(current: Mapping[str, Network], desired: Sequence[Network],
                   attachments: Mapping[str, Attachment], vlan_supported: bool = True) -> NetworkPlan:
     """UpdateNetworks carries the full list (NETWORK.md): networks missing from it are removed
     first (their instances detached: filter, names, veth; the namespace stays, loopback only),
-    then the changed ones are changed in place and the new ones created. A network CM sent twice
-    keeps its last entry; one that does not check is refused (named in ``refused``)."""
+    then the changed ones are changed in place. Only a network with attached instances has
+    objects on the node: a new network, and the change or removal of one without instances, is
+    a step with no ops (the caller only stores it); its first attach builds it. A network CM sent
+    twice keeps its last entry; one that does not check is refused (named in ``refused``)."""
     wanted: Dict[str, Network] = {}
     refused: List[str] = []
     for network in desired:
@@ -438,13 +456,16 @@ def plan_networks(current: Mapping[str, Network], desired: Sequence[Network],
         for namespace in members:
             # The namespace itself stays (the instance keeps running, loopback only).
             ops += [op for op in plan_detach(attachments[namespace], network) if not isinstance(op, DeleteNamespace)]
-        ops += plan_network_remove(network)
+        if members:
+            ops += plan_network_remove(network)
         steps.append((network_id, tuple(ops)))
         detached.append((network_id, tuple(attachments[n].instance_id or n for n in members)))
+    active = {a.network_id for a in attachments.values() if a.networked}
     for network_id, network in wanted.items():
         old = current.get(network_id)
-        if old is None:
-            steps.append((network_id, tuple(plan_network_create(network, vlan_supported))))
+        if old is None or network_id not in active:
+            if old != network:
+                steps.append((network_id, ()))  # stored only: built by its first attach
         elif old != network:
             steps.append((network_id, tuple(plan_network_change(old, network, vlan_supported))))
     return NetworkPlan(tuple(steps), tuple(wanted.values()), tuple(detached), tuple(refused))

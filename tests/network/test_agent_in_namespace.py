@@ -1,7 +1,7 @@
 """The whole agent as a process inside the test world's node namespace, with the contract CM and
 the image server there too (on the node's own loopback): UpdateNetworks and UpdateInstances over
 gRPC, instances resolving each other's names, a network removal's CoreAlert, then a kill -9 and a
-restart that converges to what the store needs."""
+restart that converges to what the store needs; a listed network's bridge lives with its instances."""
 
 from __future__ import annotations
 
@@ -126,6 +126,19 @@ def test_the_agent_applies_cm_networks_and_instances_then_survives_a_kill(
         session.send("update_instances", {"stopInstances": [web["instance"], db["instance"]]})
         session.wait_for("node_instances_status", 60)
         wait_until(lambda: ours(world, prefix) == {"bridges": 0, "veths": 0, "namespaces": 0}, 10, "stop")
+
+        # The network listed again: nothing of it on the node until an instance of it starts, and
+        # the bridge and dnsmasq go again with its last instance while CM still lists it.
+        session.send("update_networks", {"networks": [NET]})
+        session.send("update_instances", {"startInstances": [web]})
+        batch = session.wait_for("node_instances_status", 60)
+        assert [(s.instance.item_id, s.state) for s in batch.instances] == [("web", "active")], batch
+        assert ours(world, prefix) == {"bridges": 1, "veths": 1, "namespaces": 1}
+        assert dnsmasq_count(tmp_path / "work") == 1
+        session.send("update_instances", {"stopInstances": [web["instance"]]})
+        session.wait_for("node_instances_status", 60)
+        wait_until(lambda: ours(world, prefix) == {"bridges": 0, "veths": 0, "namespaces": 0}, 10, "last stop")
+        wait_until(lambda: dnsmasq_count(tmp_path / "work") == 0, 10, "the network's dnsmasq to stop with it")
     finally:
         agent.send_signal(signal.SIGTERM)
         try:

@@ -19,23 +19,64 @@ NET = Network("net-a", "172.18.0.0/16", "172.18.0.1", 0)
 A1 = Attachment("ns-a1", "i1", "net-a", "172.18.0.2")
 
 
-def test_a_new_network_is_a_bridge_with_its_address_forwarding_filter_and_dns() -> None:
+def test_a_new_network_is_only_stored_until_an_instance_of_it_attaches() -> None:
     result = plan_networks({}, [NET], {})
-    [(network_id, ops)] = result.steps
-    assert network_id == "net-a"
-    assert ops == (AddBridge(NET.bridge), AddAddress(NET.bridge, "172.18.0.1", 16), EnableForwarding(),
-                   AddNetworkFilter(NET), AddDnsNetwork(NET))
+    assert result.steps == (("net-a", ()),) and result.desired == (NET,)
     assert OUR_LINK.match(NET.bridge) and len(NET.bridge) <= 15
 
 
-def test_a_vlan_id_adds_a_vlan_link_unless_the_kernel_cannot() -> None:
+def test_the_first_attach_creates_the_network_objects_before_the_veth() -> None:
+    servers = Attachment("ns-a1", "i1", "net-a", "172.18.0.2", dns_servers=("8.8.8.8", "8.8.8.8", "1.1.1.1"))
+    assert plan_attach(servers, NET, first=True) == [
+        AddBridge(NET.bridge), AddAddress(NET.bridge, "172.18.0.1", 16), EnableForwarding(),
+        AddNetworkFilter(NET), AddDnsNetwork(NET, ("8.8.8.8", "1.1.1.1")),
+        AddNamespace("ns-a1"), AddVeth(servers.veth, "ns-a1", NET.bridge, "172.18.0.2", 16, "172.18.0.1"),
+        AddInstanceFilter(servers, NET), AddDnsNames(servers), AddTraffic(servers)]
+    # A later instance of the network finds them made.
+    assert not any(isinstance(op, (AddBridge, AddNetworkFilter, AddDnsNetwork)) for op in plan_attach(A1, NET))
+
+
+def test_the_last_detach_removes_the_network_objects_after_the_veth() -> None:
+    ops = plan_detach(A1, NET, last=True)
+    assert ops == [RemoveTraffic(A1), RemoveDnsNames(A1), RemoveInstanceFilter(A1), DeleteLink(A1.veth),
+                   DeleteNamespace("ns-a1"), RemoveDnsNetwork("net-a"), RemoveNetworkFilter(NET),
+                   DeleteAddress(NET.bridge, "172.18.0.1", 16), DeleteLink(NET.bridge)]
+    assert not any(isinstance(op, (RemoveNetworkFilter, RemoveDnsNetwork)) for op in plan_detach(A1, NET))
+    assert DeleteLink(NET.bridge) not in plan_detach(A1, NET)
+
+
+def test_a_failed_first_attach_rolls_back_the_bridge_it_made_too() -> None:
+    ops = plan_attach(A1, NET, first=True)
+    done = ops[:ops.index(AddDnsNames(A1))]  # the names were taken: everything before goes again
+    undo = rollback(done)
+    assert undo == [RemoveInstanceFilter(A1), DeleteLink(A1.veth), DeleteNamespace("ns-a1"), RemoveDnsNetwork("net-a"),
+                    RemoveNetworkFilter(NET), DeleteAddress(NET.bridge, "172.18.0.1", 16), DeleteLink(NET.bridge)]
+
+
+def test_a_vlan_id_adds_a_vlan_link_at_the_first_attach_unless_the_kernel_cannot() -> None:
     tagged = Network("net-a", "172.18.0.0/16", "172.18.0.1", 42)
-    assert AddVlan(tagged.vlan, 42, tagged.bridge) in plan_networks({}, [tagged], {}).steps[0][1]
-    assert not any(isinstance(op, AddVlan) for op in plan_networks({}, [tagged], {}, vlan_supported=False).steps[0][1])
+    ops = plan_attach(A1, tagged, first=True)
+    assert ops.index(AddBridge(tagged.bridge)) < ops.index(AddVlan(tagged.vlan, 42, tagged.bridge)) \
+        < ops.index(AddVeth(A1.veth, "ns-a1", tagged.bridge, "172.18.0.2", 16, "172.18.0.1"))
+    assert DeleteLink(tagged.vlan) in plan_detach(A1, tagged, last=True)
+    assert not any(isinstance(op, AddVlan) for op in plan_attach(A1, tagged, first=True, vlan_supported=False))
+    assert not any(isinstance(op, AddVlan) for op in plan_attach(A1, tagged))
+
+
+def test_a_change_or_removal_of_a_network_without_instances_touches_no_links() -> None:
+    moved = Network("net-a", "172.18.0.0/16", "172.18.0.9", 42)
+    lonely = {"ns-x": Attachment("ns-x", "x")}  # an instance with loopback only is no member
+    assert plan_networks({"net-a": NET}, [moved], lonely).steps == (("net-a", ()),)
+    removal = plan_networks({"net-a": NET}, [], lonely)
+    assert removal.steps == (("net-a", ()),) and removal.detached == (("net-a", ()),)
+    # With an instance the same change moves the bridge address and adds the VLAN link in place.
+    ops = plan_networks({"net-a": NET}, [moved], {"ns-a1": A1}).steps[0][1]
+    assert DeleteAddress(NET.bridge, "172.18.0.1", 16) in ops and AddVlan(moved.vlan, 42, NET.bridge) in ops
 
 
 def test_an_unchanged_network_needs_nothing_and_an_ip_change_moves_the_address_in_place() -> None:
     assert plan_networks({"net-a": NET}, [NET], {}).steps == ()
+    assert plan_networks({"net-a": NET}, [NET], {"ns-a1": A1}).steps == ()
     moved = Network("net-a", "172.18.0.0/16", "172.18.0.9", 0)
     ops = plan_network_change(NET, moved)
     assert ops[:2] == [DeleteAddress(NET.bridge, "172.18.0.1", 16), AddAddress(NET.bridge, "172.18.0.9", 16)]
@@ -49,12 +90,13 @@ def test_removing_a_network_detaches_its_instances_first_keeping_their_namespace
     assert not any(isinstance(op, DeleteNamespace) for op in ops)
     assert ops.index(DeleteLink(A1.veth)) < ops.index(DeleteLink(NET.bridge))
     assert RemoveNetworkFilter(NET) in ops and RemoveDnsNetwork("net-a") in ops
+    assert ops.count(DeleteLink(NET.bridge)) == 1
 
 
 def test_a_bad_network_is_refused_and_the_rest_applied() -> None:
     bad = Network("net-b", "172.19.0.0/16", "10.0.0.1", 0)
     result = plan_networks({}, [bad, NET], {})
-    assert [network_id for network_id, _ in result.steps] == ["net-a"]
+    assert [network_id for network_id, _ in result.steps] == ["net-a"] and result.desired == (NET,)
     assert "not in 172.19.0.0/16" in result.refused[0]
 
 

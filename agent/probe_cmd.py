@@ -7,8 +7,9 @@ config. `--root` probes a fixture tree or a mounted image instead of `/`. With `
 config it asks IAM for the node info, registers what `run` would (IAM's identity merged), and
 prints IAM's figures beside the measured ones with the difference. Output goes to stdout
 (it is the command's product); resource problems, CM's cuts and probe warnings go to stderr.
-The network manager's prerequisites (bridge, veth, 8021q, ifb, nf_tables nat/masquerade/ct,
-dnsmasq, ip_forward) are tried in a throwaway network namespace, as the agent does at start.
+The network manager's prerequisites (bridge, veth, 8021q, ifb, tbf, ingress, u32, mirred,
+nf_tables nat/masquerade/ct/quota/objref, dnsmasq, ip_forward) are tried in a throwaway network
+namespace, as the agent does at start.
 Exit 0 when the node could be probed, 2 on a bad config or a --root that is not a directory.
 """
 

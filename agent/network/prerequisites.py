@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # What an instance with network parameters cannot do without (the rest degrades: no VLAN is a
 # network that does not span nodes, no dnsmasq is no names).
-REQUIRED_FOR_INSTANCES = ("bridge", "veth", "nf_tables nat/masquerade/ct", "ip_forward")
+REQUIRED_FOR_INSTANCES = ("bridge", "veth", "nf_tables nat/masquerade/ct/quota/objref", "ip_forward")
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,12 @@ def _nft_features(nft: Nft) -> str:
               f"add chain {table} probe_post {{ type nat hook postrouting priority srcnat; }}\n"
               f"add rule {table} probe_post ip saddr 172.16.0.0/12 masquerade\n"
               f"add chain {table} probe_forward {{ type filter hook forward priority filter; }}\n"
-              f"add rule {table} probe_forward ct state established,related accept\n")
+              f"add rule {table} probe_forward ct state established,related accept\n"
+              # Traffic accounting's named counters and quotas (nft_objref, nft_quota).
+              f"add counter {table} probe_counter\n"
+              f"add quota {table} probe_quota {{ over 1 bytes }}\n"
+              f"add rule {table} probe_forward counter name probe_counter\n"
+              f"add rule {table} probe_forward quota name probe_quota drop\n")
     try:
         nft.run(script)
     except Exception as err:
@@ -150,7 +155,7 @@ def _probe_inside(path: str) -> Dict[str, str]:
                 found.update(tc_kinds(inside))
             nft = Nft()
             try:
-                found["nf_tables nat/masquerade/ct"] = _nft_features(nft)
+                found["nf_tables nat/masquerade/ct/quota/objref"] = _nft_features(nft)
             finally:
                 nft.close()
         except Exception as err:
@@ -162,8 +167,8 @@ def _probe_inside(path: str) -> Dict[str, str]:
     return found
 
 
-FEATURES = ("bridge", "veth", "8021q", "ifb", "tbf", "ingress", "mirred", "u32", "nf_tables nat/masquerade/ct",
-            "dnsmasq", "ip_forward")
+FEATURES = ("bridge", "veth", "8021q", "ifb", "tbf", "ingress", "mirred", "u32",
+            "nf_tables nat/masquerade/ct/quota/objref", "dnsmasq", "ip_forward")
 _KERNEL = FEATURES[:-2]  # tried in the throwaway namespace; the last two are files on the board
 
 

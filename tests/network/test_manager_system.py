@@ -128,8 +128,8 @@ def test_an_instance_needing_a_missing_feature_fails_with_that_reason_and_a_lone
     from net_helpers import Alerts
 
     alerts = Alerts()
-    lacking = Prerequisites({"bridge": True, "veth": True, "nf_tables nat/masquerade/ct": False},
-                            {"nf_tables nat/masquerade/ct": "nftables: Error: Could not process rule"})
+    lacking = Prerequisites({"bridge": True, "veth": True, "nf_tables nat/masquerade/ct/quota/objref": False},
+                            {"nf_tables nat/masquerade/ct/quota/objref": "nftables: Error: Could not process rule"})
     prefix = f"aos-sm-miss{os.getpid() % 10000}-"
 
     def build() -> NetworkManager:
@@ -140,10 +140,10 @@ def test_an_instance_needing_a_missing_feature_fails_with_that_reason_and_a_lone
 
     manager = world.node.call(build)
     try:
-        assert alerts.texts() == ["network prerequisites missing: nf_tables nat/masquerade/ct "
+        assert alerts.texts() == ["network prerequisites missing: nf_tables nat/masquerade/ct/quota/objref "
                                   "(nftables: Error: Could not process rule)"]
         manager.update_networks(networks(NET_A))
-        with pytest.raises(NotSupported, match="nf_tables nat/masquerade/ct missing"):
+        with pytest.raises(NotSupported, match="nf_tables nat/masquerade/ct/quota/objref missing"):
             manager.attach(request(prefix + "a", "net-a", "172.18.0.0/16", "172.18.0.2"), 1)
         assert not (Path("/run/netns") / (prefix + "a")).exists()
         assert links(instance_ns(manager.attach(request(prefix + "b"), 1).netns)) == ["lo"]

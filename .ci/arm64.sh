@@ -49,11 +49,16 @@ die() { printf '[arm64] FAILED: %s\n' "$*" >&2; exit 1; }
 # --- mounts into a chroot, always undone (the trap also runs on failure) ----------------------
 MOUNTS=()
 unmount_all() {
-    local i
+    local i m
     for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
         umount "${MOUNTS[i]}" 2>/dev/null || umount -l "${MOUNTS[i]}" || true
     done
     MOUNTS=()
+    # What the suite itself mounted inside the chroot (the network manager bind-mounts /run/netns
+    # onto itself, as iproute2 does): left there, it breaks the next copy or removal of the cache.
+    while read -r m; do
+        umount -l "$m" 2>/dev/null || true
+    done < <(awk -v c="$CACHE/" 'index($5, c) == 1 {print $5}' /proc/self/mountinfo | sort -r)
 }
 trap unmount_all EXIT
 mount_chroot() {

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any, List, Tuple
 
+import pytest
 from runtime_checks import skip_unless_runc_registers
 
 from aos_sm.agent import probe_cmd
@@ -23,11 +25,12 @@ def _run(argv: List[str]) -> Tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def _runc_only(tmp_path: Path) -> str:
+def _runc_only(tmp_path: Path, network: bool = False) -> str:
     """A config naming the runtime: without one the probe offers only runtimes installed on the
-    host that runs the test (none on a machine without runc), and these tests are about capacity."""
+    host that runs the test (none on a machine without runc), and these tests are about capacity.
+    The network prerequisites (a throwaway namespace) only where a test asks for them."""
     config = tmp_path / "runtimes.cfg"
-    config.write_text(json.dumps({"runtimes": [{"type": "runc"}]}))
+    config.write_text(json.dumps({"runtimes": [{"type": "runc"}], "network": {"enabled": network}}))
     return str(config)
 
 
@@ -120,20 +123,17 @@ def test_a_root_that_does_not_exist_exits_2(tmp_path: Path) -> None:
 
 
 def test_a_probe_of_another_tree_does_not_claim_this_kernels_network_prerequisites(tmp_path: Path) -> None:
-    code, out, err = _run(["--root", str(BOARDS / "rk3399"), "--config", _runc_only(tmp_path), "--json"])
+    code, out, err = _run(["--root", str(BOARDS / "rk3399"), "--config", _runc_only(tmp_path, network=True), "--json"])
     assert code == 0
     (why,) = json.loads(out)["networkPrerequisites"].values()
     assert why.startswith("not checked: --root") and "network:" not in err
 
 
+@pytest.mark.system
 def test_the_live_probe_tries_the_network_prerequisites_in_a_throwaway_namespace(tmp_path: Path) -> None:
-    import os  # noqa: PLC0415
-
-    import pytest  # noqa: PLC0415
-
     if os.geteuid() != 0:
         pytest.skip("the network prerequisites need root (a throwaway network namespace)")
-    code, out, err = _run(["--config", _runc_only(tmp_path), "--json"])
+    code, out, err = _run(["--config", _runc_only(tmp_path, network=True), "--json"])
     assert code == 0
     found = json.loads(out)["networkPrerequisites"]
     from aos_sm.agent.network.prerequisites import FEATURES  # noqa: PLC0415

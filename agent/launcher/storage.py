@@ -95,54 +95,49 @@ def _own(fd: int, uid: int, gid: int, mode: int) -> None:
     os.fchmod(fd, mode)
 
 
-def create_storage(base: Path, parts: Tuple[str, ...], uid: int, gid: int) -> Path:
-    """The storage directory, made 0755 and owned by uid:gid when missing."""
-    what = "storage_path"
+def _open_last(parent: int, name: str, want_dir: bool) -> Tuple[int, bool]:
+    """(fd, created) of the last part: made 0700 / 0600 when missing (``_own`` sets the final
+    mode once it is owned), opened without following a symlink swapped in meanwhile."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    if want_dir:
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent)
+            created = True
+        except FileExistsError:
+            created = False
+        return os.open(name, flags | os.O_DIRECTORY, dir_fd=parent), created
+    try:
+        return os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=parent), True
+    except FileExistsError:
+        return os.open(name, flags, dir_fd=parent), False
+
+
+def _create(base: Path, parts: Tuple[str, ...], uid: int, gid: int, what: str, want_dir: bool) -> Path:
+    kind = "storage directory" if want_dir else "state file"
     try:
         base.mkdir(parents=True, exist_ok=True)
         with _directory(base, parts[:-1], what, create=True) as parent:
-            _check_last(parent, parts[-1], what, want_dir=True)
-            try:
-                os.mkdir(parts[-1], 0o700, dir_fd=parent)
-                created = True
-            except FileExistsError:
-                created = False
-            fd = os.open(parts[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            _check_last(parent, parts[-1], what, want_dir=want_dir)
+            fd, created = _open_last(parent, parts[-1], want_dir)
             try:
                 if created:
-                    _own(fd, uid, gid, 0o755)
+                    _own(fd, uid, gid, 0o755 if want_dir else 0o600)
             finally:
                 os.close(fd)
     except InvalidArgument:
         raise
     except OSError as err:
-        raise Failed(f"cannot create the storage directory: {err}") from err
+        if err.errno == errno.ELOOP:  # a symlink swapped in between the check and the open
+            raise InvalidArgument(f"{what}: is a symlink") from err
+        raise Failed(f"cannot create the {kind}: {err}") from err
     return base.joinpath(*parts)
+
+
+def create_storage(base: Path, parts: Tuple[str, ...], uid: int, gid: int) -> Path:
+    """The storage directory, made 0755 and owned by uid:gid when missing."""
+    return _create(base, parts, uid, gid, "storage_path", want_dir=True)
 
 
 def create_state(base: Path, parts: Tuple[str, ...], uid: int, gid: int) -> Path:
     """The state file, made 0600 and owned by uid:gid when missing."""
-    what = "state_path"
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        with _directory(base, parts[:-1], what, create=True) as parent:
-            _check_last(parent, parts[-1], what, want_dir=False)
-            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-            try:
-                fd = os.open(parts[-1], flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=parent)
-                created = True
-            except FileExistsError:
-                fd = os.open(parts[-1], flags, dir_fd=parent)
-                created = False
-            try:
-                if created:
-                    _own(fd, uid, gid, 0o600)
-            finally:
-                os.close(fd)
-    except InvalidArgument:
-        raise
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise InvalidArgument(f"{what}: is a symlink") from err
-        raise Failed(f"cannot create the state file: {err}") from err
-    return base.joinpath(*parts)
+    return _create(base, parts, uid, gid, "state_path", want_dir=False)

@@ -12,13 +12,14 @@
 #
 # Every step prints its duration and exits non-zero with a message naming what failed. The only
 # skip is a host that cannot run foreign binaries (no binfmt_misc): then the whole arm64 half is
-# skipped with that reason, loudly, and exit code 0 -- unless AOS_SM_ARM64_REQUIRED=1.
+# skipped with that reason, loudly, and exit code 0 -- unless AOS_SM_ARM64_REQUIRED=1, which
+# .ci/run sets: there it fails the run.
 #
 # Runs as root on a Debian bookworm host (debootstrap, chroot, mounts, buildah storage).
 set -eEuo pipefail
 # Any unguarded failure names itself (the steps guard the expected ones with a message of their own).
 trap 'printf "[arm64] FAILED at .ci/arm64.sh line %s: %s\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PROJECT=$PWD
 CACHE=$PROJECT/.cache/arm64
 SUITE=bookworm
@@ -461,4 +462,7 @@ mount, or no permission to register): arm64 binaries cannot run"
             ;;
     esac
 }
-main "$@"
+# Sourced (the tests do, to check the skip decision), it only defines its functions.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    main "$@"
+fi

@@ -46,3 +46,12 @@ def test_ci_run_requires_the_arm64_half() -> None:
     assert calls, ".ci/run no longer runs the arm64 half"
     for words in calls:
         assert "AOS_SM_ARM64_REQUIRED=1" in words[:words.index(".ci/arm64.sh")], words
+
+
+def test_shellcheck_finds_nothing_in_the_ci_scripts() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (Debian package shellcheck)")
+    result = subprocess.run([shellcheck, str(ROOT / ".ci" / "run"), str(ROOT / ".ci" / "arm64.sh")],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout

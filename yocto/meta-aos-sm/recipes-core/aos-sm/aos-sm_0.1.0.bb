@@ -15,15 +15,23 @@ LIC_FILES_CHKSUM = "file://pyproject.toml;beginline=11;endline=11;md5=3358005787
 # built next to, with no release tarball to publish and hash first, and bitbake rebuilds it when
 # the tree changes. The build writes build/ and aos_sm.egg-info/ there, as `pip install .` does;
 # no oe-workdir/oe-logs links are left in it.
-# Nothing is fetched (oelint-adv does not know externalsrc's variables).
+# Nothing is fetched: an empty SRC_URI says so (oelint-adv wants one set).
 SRC_URI = ""
 inherit externalsrc
-EXTERNALSRC = "${@os.path.abspath(os.path.join(d.getVar('THISDIR'), '..', '..', '..', '..'))}"
+# Expanded at once (:=): THISDIR names the file being parsed, a bbappend's directory later.
+EXTERNALSRC := "${@os.path.abspath(os.path.join(d.getVar('THISDIR'), '..', '..', '..', '..'))}"
+# externalsrc.bbclass's variable, which oelint-adv does not know.
 # nooelint: oelint.vars.mispell.unknown
 EXTERNALSRC_SYMLINKS = ""
 
 # pyproject.toml only (no setup.py), built with setuptools' PEP 517 backend.
 inherit python_setuptools_build_meta systemd update-rc.d
+
+# python_setuptools_build_meta empties ${S}/build before each build (stale modules there would
+# end up in the wheel: setuptools issue 4732), but externalsrc drops cleandirs inside the tree.
+do_configure:prepend() {
+    rm -rf ${S}/build
+}
 
 # The files an image installs live in packaging/, shared with the Buildroot package; the wheel
 # brings /usr/bin/aos-sm (the entry point). Both start files are installed: systemd.bbclass

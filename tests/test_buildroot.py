@@ -40,11 +40,23 @@ BUILDROOT_SYMBOLS = {f"BR2_PACKAGE_PYTHON_{name.upper()}" for name in BUILDROOT_
     "BR2_INSTALL_LIBSTDCPP",
     "BR2_PACKAGE_NFTABLES",  # package/nftables (libnftables), the network manager's firewall
     "BR2_PACKAGE_DNSMASQ",  # package/dnsmasq, one DNS server per provider network
+    "BR2_PACKAGE_RUNC",  # package/runc, which starts the instances
+    "BR2_PACKAGE_HOST_GO_TARGET_ARCH_SUPPORTS",  # runc's dependencies
+    "BR2_PACKAGE_HOST_GO_TARGET_CGO_LINKING_SUPPORTS",
+    "BR2_TOOLCHAIN_HEADERS_AT_LEAST_3_12",  # nftables' dependency
+    # package/python3's optional modules: sqlite3 (the image store), ssl (https downloads
+    # through urllib), zlib (gzip/tarfile layers, log parts).
+    "BR2_PACKAGE_PYTHON3_SQLITE",
+    "BR2_PACKAGE_PYTHON3_SSL",
+    "BR2_PACKAGE_PYTHON3_ZLIB",
 }
 
 
-# Non-Python runtime packages the agent's package selects.
-SYSTEM_RUNTIME = {"BR2_PACKAGE_NFTABLES", "BR2_PACKAGE_DNSMASQ"}
+# Runtime packages the agent's package selects besides pyproject's dependencies: runc, the
+# network manager's programs (NETWORK.md) and python3's optional modules the agent imports
+# (tests/test_yocto.py maps each of them to the Yocto recipe's RDEPENDS).
+SYSTEM_RUNTIME = {"BR2_PACKAGE_RUNC", "BR2_PACKAGE_NFTABLES", "BR2_PACKAGE_DNSMASQ",
+                  "BR2_PACKAGE_PYTHON3_SQLITE", "BR2_PACKAGE_PYTHON3_SSL", "BR2_PACKAGE_PYTHON3_ZLIB"}
 
 
 def external_name() -> str:
@@ -101,7 +113,7 @@ def test_the_package_selects_exactly_pyprojects_dependencies() -> None:
     names = {re.split(r"[<>=!~ \[;]", dep, maxsplit=1)[0].lower() for dep in PYPROJECT["project"]["dependencies"]}
     text = (TREE / "package/python-aos-sm/Config.in").read_text()
     selected = set(re.findall(r"^\tselect (BR2_PACKAGE_\w+)", text, flags=re.MULTILINE))
-    # Besides the Python dependencies, the network manager's programs (NETWORK.md).
+    # Besides the Python dependencies, runc, the network manager's programs and python3 modules.
     assert selected - SYSTEM_RUNTIME == {f"BR2_PACKAGE_PYTHON_{name.replace('-', '_').upper()}" for name in names}
     assert SYSTEM_RUNTIME <= selected
     # Each is either Buildroot's or has a recipe here.

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from .config import AgentConfig, ConfigFileError, load_config
-from .errors import ConfigError
+from .errors import AosError, ConfigError
 
 log = logging.getLogger("aos_sm")
 
@@ -67,6 +67,18 @@ def _prepare_working_dir(config: AgentConfig) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    config_path = Path(args.config)
+    try:
+        return _run_agent(args, config_path)
+    except ConfigFileError:
+        raise
+    except ConfigError as err:
+        # What the start refuses about the config (its caCert, its working dir, a node id it
+        # leaves to discovery) names the file too: the operator may have several.
+        raise ConfigFileError.of(config_path, err) from err
+
+
+def _run_agent(args: argparse.Namespace, config_path: Path) -> int:
     from .app import build_agent, describe
     from .certs import require_credential_files
     from .cmsim import SimulatedCM, to_json
@@ -75,7 +87,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     systemd = ServiceNotifications(take_notify_environment(), os.getpid())
     # A watchdog timeout ends the agent with SIGABRT: dump every thread's stack to the log first.
     faulthandler.enable(all_threads=True)
-    config_path = Path(args.config)
     config = load_config(config_path)
     for warning in config.warnings:
         log.warning("%s: %s", args.config, warning)
@@ -340,6 +351,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as err:
         print(f"aos-sm: configuration error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except AosError as err:
+        # Anything else the agent refuses at start (a state it cannot open, a runtime it cannot
+        # set up) is one line too, not a traceback; --log-level debug shows where it came from.
+        log.debug("%s failed", args.command, exc_info=True)
+        print(f"aos-sm: {err}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from aos_sm.hw import CoreInfo, NodeCapacity, ResourcesResult
 from aos_sm.hw.cpu import dmips_provenance
 from aos_sm.hw.memory import read_meminfo
 
-from .config import AgentConfig, load_config, parse_config
+from .config import AgentConfig, ConfigFileError, load_config, parse_config
 from .errors import AosError, ConfigError
 from .iam.port import IamNodeInfo
 from .registration import (CapacityFigure, NodeCapacityReport, RegistrationPlan, discover, iam_max_dmips_line,
@@ -211,6 +211,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
         iam = ask_iam(settings, err)
         node = discover(settings, root, iam=iam)
     except ConfigError as error:
+        if args.config is not None and error.key != "--root" and not isinstance(error, ConfigFileError):
+            error = ConfigFileError.of(args.config, error)  # e.g. a node id left to discovery
         err.write(f"aos-sm probe: {error}\n")
         return EXIT_USAGE
     settings, capacity = node.config, node.capacity

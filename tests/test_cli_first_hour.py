@@ -127,7 +127,17 @@ def test_a_missing_ca_cert_exits_2_by_itself_naming_the_key_and_the_file(tmp_pat
     result = run_cli("run", "--config", str(config), cwd=tmp_path)  # the timeout fails a retry loop
     assert result.returncode == 2
     line = one_line(result.stderr)
-    assert "caCert" in line and str(ca) in line
+    assert "caCert" in line and str(ca) in line and str(config) in line
+
+
+def test_a_working_dir_that_cannot_be_made_names_the_key_and_the_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = write_config(tmp_path, cmServerURL="127.0.0.1:1", tlsMode="plaintext", workingDir=str(blocker / "work"))
+    result = run_cli("run", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert f"{config}: workingDir: " in line and str(blocker) in line
 
 
 def test_iam_without_ca_cert_is_refused_rather_than_reached_in_plaintext(tmp_path: Path) -> None:

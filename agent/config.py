@@ -26,8 +26,9 @@ from .errors import AosError, ConfigError
 TLS_MODES = ("mtls", "tls", "plaintext")
 OCI_RUNTIMES = ("crun", "runc")
 
-# Every key we understand, spelled as the reference spells it, with its nested keys. Lookups are
-# case-insensitive (``_KNOWN``); the spelling is what a warning suggests.
+# Every key we understand, spelled as the reference spells it, with its nested keys (a list of one
+# object: the keys of each entry of a list). Lookups are case-insensitive (``_KNOWN``); the
+# spelling is what a warning suggests.
 _SPELLED: Dict[str, Any] = {
     "nodeId": None,
     "cmServerURL": None,
@@ -46,9 +47,10 @@ _SPELLED: Dict[str, Any] = {
     "maxDMIPS": None,
     "systemReserve": {"dmipsPercent": None, "ramPercent": None},
     "cgroupParent": None,
-    "monitoring": {"pollPeriod": None, "averageWindow": None, "partitions": None, "uplinkInterfaces": None},
+    "monitoring": {"pollPeriod": None, "averageWindow": None, "partitions": [{"name": None, "path": None}],
+                   "uplinkInterfaces": None},
     "logging": {"maxPartSize": None, "maxPartCount": None, "systemLog": None},
-    "runtimes": None,
+    "runtimes": [{"type": None, "allowedDMIPS": None, "allowedRAM": None}],
     "journalAlerts": {"filter": None, "systemAlertPriority": None, "serviceAlertPriority": None},
     "imageTTL": None,
     "updateItemTTL": None,
@@ -63,12 +65,23 @@ _SPELLED: Dict[str, Any] = {
 }
 
 
-def _by_lower_case(spelled: Mapping[str, Any]) -> Dict[str, Tuple[str, Any]]:
-    return {key.lower(): (key, _by_lower_case(nested) if isinstance(nested, dict) else None)
-            for key, nested in spelled.items()}
+@dataclass(frozen=True)
+class _Key:
+    spelling: str
+    nested: Optional[Dict[str, "_Key"]] = None  # the keys of its object, or of each list entry
+    is_list: bool = False
 
 
-# lower-cased key -> (its spelling, the same for its nested keys or None)
+def _by_lower_case(spelled: Mapping[str, Any]) -> Dict[str, _Key]:
+    known = {}
+    for key, nested in spelled.items():
+        if isinstance(nested, list):
+            known[key.lower()] = _Key(key, _by_lower_case(nested[0]), is_list=True)
+        else:
+            known[key.lower()] = _Key(key, _by_lower_case(nested) if isinstance(nested, dict) else None)
+    return known
+
+
 _KNOWN = _by_lower_case(_SPELLED)
 
 # CM's fixed-size fields (PROTOCOL.md "Limits of the real CM"): a longer id or arch makes the real
@@ -211,28 +224,29 @@ def _lower_keys(value: Any) -> Any:
     return value
 
 
-def _all_paths(known: Mapping[str, Tuple[str, Any]], prefix: str = "") -> List[str]:
+def _object_paths(known: Mapping[str, _Key], prefix: str = "") -> List[str]:
+    """Every key path through objects (not into list entries)."""
     paths = []
-    for spelling, nested in known.values():
-        paths.append(prefix + spelling)
-        if nested is not None:
-            paths += _all_paths(nested, f"{prefix}{spelling}.")
+    for key in known.values():
+        paths.append(prefix + key.spelling)
+        if key.nested is not None and not key.is_list:
+            paths += _object_paths(key.nested, f"{prefix}{key.spelling}.")
     return paths
 
 
-def _suggestion(key: str, known: Mapping[str, Tuple[str, Any]], prefix: str) -> Optional[str]:
+def _suggestion(key: str, known: Mapping[str, _Key], prefix: str) -> Optional[str]:
     """The known key ``key`` was probably meant to be: a near spelling at the same level
     (difflib), else a nested key of that name placed at the wrong level (``pollPeriod`` at the
     top instead of ``monitoring.pollPeriod``)."""
     lowered = key.lower()
     close = difflib.get_close_matches(lowered, list(known), n=1, cutoff=0.8)
     if close:
-        return prefix + known[close[0]][0]
-    elsewhere = [path for path in _all_paths(_KNOWN) if path.lower().rsplit(".", 1)[-1] == lowered]
+        return prefix + known[close[0]].spelling
+    elsewhere = [path for path in _object_paths(_KNOWN) if path.lower().rsplit(".", 1)[-1] == lowered]
     return elsewhere[0] if len(elsewhere) == 1 else None
 
 
-def _unknown_key_warnings(data: Mapping[str, Any], known: Mapping[str, Tuple[str, Any]] = _KNOWN,
+def _unknown_key_warnings(data: Mapping[str, Any], known: Mapping[str, _Key] = _KNOWN,
                           prefix: str = "") -> List[str]:
     """One warning per key of ``data`` (as written in the file, case kept) that is not known,
     with the known key it resembles; and per key given twice in different cases (the last one
@@ -251,8 +265,12 @@ def _unknown_key_warnings(data: Mapping[str, Any], known: Mapping[str, Tuple[str
             hint = _suggestion(written, known, prefix)
             warnings.append(f"unknown configuration key {prefix + written!r} ignored"
                             + (f" (did you mean {hint!r}?)" if hint else ""))
-        elif entry[1] is not None and isinstance(value, dict):
-            warnings += _unknown_key_warnings(value, entry[1], f"{prefix}{entry[0]}.")
+        elif entry.nested is not None and entry.is_list and isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, dict):
+                    warnings += _unknown_key_warnings(item, entry.nested, f"{prefix}{entry.spelling}[{index}].")
+        elif entry.nested is not None and isinstance(value, dict):
+            warnings += _unknown_key_warnings(value, entry.nested, f"{prefix}{entry.spelling}.")
     return warnings
 
 

@@ -166,6 +166,15 @@ def test_an_unknown_key_is_named_as_written_with_the_key_it_resembles() -> None:
     assert (config.cm_server_url, config.average_window) == ("cm:1", 1.0)  # known keys in any case
 
 
+def test_unknown_keys_in_list_entries_are_warned_with_their_index() -> None:
+    config = parse_config(json.dumps({"runtimes": [{"type": "runc"}, {"Type": "crun", "allowedDIMPS": 5}],
+                                      "monitoring": {"partitions": [{"name": "a", "path": "/", "size": 1}]}}))
+    assert config.warnings == (
+        "unknown configuration key 'runtimes[1].allowedDIMPS' ignored (did you mean 'runtimes[1].allowedDMIPS'?)",
+        "unknown configuration key 'monitoring.partitions[0].size' ignored",
+    )
+
+
 def test_a_key_given_twice_in_different_cases_is_a_warning() -> None:
     config = parse_config('{"tlsMode": "plaintext", "cgroupParent": "a", "CgroupParent": "b"}')
     assert config.cgroup_parent == "b"

@@ -110,7 +110,6 @@ class ConfigFileError(ConfigError):
     def __init__(self, path: Path, key: str, message: str) -> None:
         super().__init__(key, message)
         self.path = Path(path)
-        self.detail = message
         where = str(path) if key == WHOLE_FILE else f"{path}: {key}"
         self.message = f"{where}: {message}"
         self.args = (self.message,)

@@ -15,9 +15,10 @@ start and before each connect:
   the agent sends each as a CoreAlert once registered (:class:`ExpiryAlerts`).
 - :class:`ProblemLog` logs each problem at start and then at most once a minute while it lasts,
   so a node that retries every few seconds does not flood its log.
-- :func:`require_ca_cert` refuses to start (exit 2, ``ConfigError``) when ``caCert`` cannot be
-  read or holds no certificate: a CA does not appear by retrying, unlike a client certificate
-  that IAM may still be provisioning.
+- :func:`require_credential_files` refuses to start (exit 2, ``ConfigError``) when ``caCert``
+  cannot be read or holds no certificate (a CA does not appear by retrying, unlike a client
+  certificate that IAM may still be provisioning), or when ``certFile``/``keyFile`` name a
+  directory.
 
 X.509 parsing uses ``cryptography`` (Debian bookworm: python3-cryptography 38); only APIs that
 38 already has are used, with the newer spellings preferred where they exist. It is imported
@@ -353,14 +354,28 @@ class ExpiryAlerts:
 
 def require_ca_cert(config: AgentConfig) -> None:
     """Raise ConfigError (the CLI exits 2) when the configured ``caCert`` cannot be read or holds
-    no certificate: no retry makes a missing CA appear."""
-    if config.tls_mode == "plaintext" or config.ca_cert is None or not config.cm_server_url:
+    no certificate, in a TLS mode where CM or IAM is verified with it: no retry makes a missing
+    CA appear (issue 16: it used to be retried forever)."""
+    if config.tls_mode == "plaintext" or config.ca_cert is None or not (config.cm_server_url or config.uses_iam):
         return
     file = read_credential_file("caCert", config.ca_cert)
     problems: List[CertProblem] = []
     _load_certificates(file, problems)
     if problems:
         raise ConfigError("caCert", f"{config.ca_cert}: {problems[0].reason}")
+
+
+def require_credential_files(config: AgentConfig) -> None:
+    """``require_ca_cert``, and ``certFile``/``keyFile`` that name a directory: a configuration
+    error that no provisioning fixes. A missing or bad client certificate or key is not refused
+    here: whoever provisions them (IAM writing the files) may still be at it, and a renewal
+    replaces them while the agent runs; those are checked before each connect and retried."""
+    require_ca_cert(config)
+    if config.uses_iam or not config.cm_server_url:
+        return  # with IAM the client certificate is IAM's, named on every connect
+    for key, path in credential_paths(config):
+        if key != "caCert" and path.is_dir():
+            raise ConfigError(key, f"{path}: a directory, not a file")
 
 
 class ExpiryWatch:

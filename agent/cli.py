@@ -15,8 +15,8 @@ import threading
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from .config import AgentConfig, load_config
-from .errors import ConfigError
+from .config import AgentConfig, ConfigFileError, load_config
+from .errors import AosError, ConfigError
 
 log = logging.getLogger("aos_sm")
 
@@ -67,30 +67,51 @@ def _prepare_working_dir(config: AgentConfig) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    config_path = Path(args.config)
+    try:
+        return _run_agent(args, config_path)
+    except ConfigFileError:
+        raise
+    except ConfigError as err:
+        # What the start refuses about the config (its caCert, its working dir, a node id it
+        # leaves to discovery) names the file too: the operator may have several.
+        raise ConfigFileError.of(config_path, err) from err
+
+
+def _run_agent(args: argparse.Namespace, config_path: Path) -> int:
     from .app import build_agent, describe
-    from .certs import require_ca_cert
+    from .certs import require_credential_files
     from .cmsim import SimulatedCM, to_json
     from .sdnotify import ServiceNotifications, session_status, take_notify_environment
 
     systemd = ServiceNotifications(take_notify_environment(), os.getpid())
     # A watchdog timeout ends the agent with SIGABRT: dump every thread's stack to the log first.
     faulthandler.enable(all_threads=True)
-    config = load_config(Path(args.config))
+    config = load_config(config_path)
     for warning in config.warnings:
         log.warning("%s: %s", args.config, warning)
+    if not config.cm_server_url and not args.simulator:
+        # A forgotten key must not turn a node into a development setup (issue 16): the
+        # simulator, and the plaintext it implies, only on request.
+        raise ConfigFileError(config_path, "cmServerURL", "not set: the agent needs its CM's address (host:port); "
+                              "`aos-sm run --simulator` runs against a built-in CM simulator instead")
+    # IAM keeps the file's TLS settings under --simulator: only the CM side is the simulator's.
+    iam_config = config
+    if args.simulator:
+        config = dataclasses.replace(config, tls_mode="plaintext")
+    require_credential_files(iam_config if iam_config.uses_iam else config)
     _prepare_working_dir(config)
-    require_ca_cert(config)
     stop = _stop_on_signals()
     simulator: Optional[SimulatedCM] = None
-    target = config.cm_server_url
-    if not target:
-        # Development convenience: with no CM configured, talk to the built-in simulator.
+    target = config.cm_server_url or ""  # set: refused above unless --simulator
+    if args.simulator:
         simulator = SimulatedCM(
             on_message=lambda session, message: print(to_json(message), flush=True)
         ).start()
+        if target:
+            log.warning("--simulator: cmServerURL %s ignored", target)
         target = simulator.address
-        config = dataclasses.replace(config, tls_mode="plaintext")
-        log.warning("no cmServerURL configured: using the built-in CM simulator at %s", target)
+        log.warning("--simulator: using the built-in CM simulator at %s, plaintext (development only)", target)
     iam = None
     # The watchdog pings through the gateway's event pump once there is one; before that (while
     # waiting for IAM) it pings directly, since this thread is only waiting.
@@ -102,12 +123,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config.uses_iam:
         from .iam.startup import iam_client, wait_for_node_info
 
-        client = iam_client(config)
+        client = iam_client(iam_config)
         # Ready now: IAM may be away longer than systemd's start timeout, and STATUS= says why
         # the node is not registering.
         systemd.ready(in_loop)
         systemd.status(f"waiting for IAM at {config.iam_public_server_url}")
-        node_info = wait_for_node_info(client, config, stop, systemd.status)
+        node_info = wait_for_node_info(client, iam_config, stop, systemd.status)
         if node_info is None:  # stopped while waiting: CM was never contacted
             systemd.stopping()
             client.close()
@@ -268,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the agent in the foreground")
     run.add_argument("--config", required=True, help="the agent's JSON configuration file")
+    run.add_argument("--simulator", action="store_true",
+                     help="talk to a built-in CM simulator on 127.0.0.1 instead of cmServerURL, in plaintext "
+                          "(development: it prints what the agent sends)")
     run.set_defaults(func=cmd_run)
 
     sim = commands.add_parser("cm-sim", help="a CM simulator: prints what the SM sends, sends typed commands")
@@ -327,6 +351,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as err:
         print(f"aos-sm: configuration error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except AosError as err:
+        # Anything else the agent refuses at start (a state it cannot open, a runtime it cannot
+        # set up) is one line too, not a traceback; --log-level debug shows where it came from.
+        log.debug("%s failed", args.command, exc_info=True)
+        print(f"aos-sm: {err}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

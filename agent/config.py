@@ -12,6 +12,7 @@ agent/registration.py. tests/test_config.py checks this module's imports.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -25,40 +26,63 @@ from .errors import AosError, ConfigError
 TLS_MODES = ("mtls", "tls", "plaintext")
 OCI_RUNTIMES = ("crun", "runc")
 
-# Every key we understand, lower-cased, with its nested keys.
-_KNOWN: Dict[str, Any] = {
-    "nodeid": None,
-    "cmserverurl": None,
-    "cmreconnecttimeout": None,
-    "cmreconnectmaxtimeout": None,
-    "tlsmode": None,
-    "cacert": None,
-    "certfile": None,
-    "keyfile": None,
-    "certstorage": None,
-    "iamprotectedserverurl": None,
-    "iampublicserverurl": None,
-    "workingdir": None,
-    "nodeconfigfile": None,
-    "resourcesconfigfile": None,
-    "maxdmips": None,
-    "systemreserve": {"dmipspercent": None, "rampercent": None},
-    "cgroupparent": None,
-    "monitoring": {"pollperiod": None, "averagewindow": None, "partitions": None, "uplinkinterfaces": None},
-    "logging": {"maxpartsize": None, "maxpartcount": None, "systemlog": None},
-    "runtimes": None,
-    "journalalerts": {"filter": None, "systemalertpriority": None, "servicealertpriority": None},
-    "imagettl": None,
-    "updateitemttl": None,
-    "imagespartlimit": None,
-    "storagedir": None,
-    "statedir": None,
-    "rootfshostdirs": None,
+# Every key we understand, spelled as the reference spells it, with its nested keys (a list of one
+# object: the keys of each entry of a list). Lookups are case-insensitive (``_KNOWN``); the
+# spelling is what a warning suggests.
+_SPELLED: Dict[str, Any] = {
+    "nodeId": None,
+    "cmServerURL": None,
+    "cmReconnectTimeout": None,
+    "cmReconnectMaxTimeout": None,
+    "tlsMode": None,
+    "caCert": None,
+    "certFile": None,
+    "keyFile": None,
+    "certStorage": None,
+    "iamProtectedServerURL": None,
+    "iamPublicServerURL": None,
+    "workingDir": None,
+    "nodeConfigFile": None,
+    "resourcesConfigFile": None,
+    "maxDMIPS": None,
+    "systemReserve": {"dmipsPercent": None, "ramPercent": None},
+    "cgroupParent": None,
+    "monitoring": {"pollPeriod": None, "averageWindow": None, "partitions": [{"name": None, "path": None}],
+                   "uplinkInterfaces": None},
+    "logging": {"maxPartSize": None, "maxPartCount": None, "systemLog": None},
+    "runtimes": [{"type": None, "allowedDMIPS": None, "allowedRAM": None}],
+    "journalAlerts": {"filter": None, "systemAlertPriority": None, "serviceAlertPriority": None},
+    "imageTTL": None,
+    "updateItemTTL": None,
+    "imagesPartLimit": None,
+    "storageDir": None,
+    "stateDir": None,
+    "rootfsHostDirs": None,
     "architecture": None,
-    "architecturevariant": None,
-    "osversion": None,
+    "architectureVariant": None,
+    "osVersion": None,
     "network": {"enabled": None},
 }
+
+
+@dataclass(frozen=True)
+class _Key:
+    spelling: str
+    nested: Optional[Dict[str, "_Key"]] = None  # the keys of its object, or of each list entry
+    is_list: bool = False
+
+
+def _by_lower_case(spelled: Mapping[str, Any]) -> Dict[str, _Key]:
+    known = {}
+    for key, nested in spelled.items():
+        if isinstance(nested, list):
+            known[key.lower()] = _Key(key, _by_lower_case(nested[0]), is_list=True)
+        else:
+            known[key.lower()] = _Key(key, _by_lower_case(nested) if isinstance(nested, dict) else None)
+    return known
+
+
+_KNOWN = _by_lower_case(_SPELLED)
 
 # CM's fixed-size fields (PROTOCOL.md "Limits of the real CM"): a longer id or arch makes the real
 # CM drop the whole SMInfo, a longer version aborts a debug CM.
@@ -72,6 +96,29 @@ FIRST_WAIT_SHARE = 1 / 20
 
 JOURNALD = "journald"
 UPDATE_ITEM_TTL = 30 * 24 * 3600.0  # the reference's default updateItemTTL (INSTANCES.md "The image")
+
+
+# The key of a ConfigError about the file as a whole (not JSON, not an object, unreadable).
+WHOLE_FILE = "(file)"
+
+
+class ConfigFileError(ConfigError):
+    """A ConfigError found in a config file: the message starts with the file's path, so the
+    operator sees which file to fix (issue 16: a bare "(file)" named none). ``key`` stays the
+    offending key (``WHOLE_FILE`` for the file as a whole)."""
+
+    def __init__(self, path: Path, key: str, message: str) -> None:
+        super().__init__(key, message)
+        self.path = Path(path)
+        where = str(path) if key == WHOLE_FILE else f"{path}: {key}"
+        self.message = f"{where}: {message}"
+        self.args = (self.message,)
+
+    @classmethod
+    def of(cls, path: Path, error: ConfigError) -> "ConfigFileError":
+        """``error`` (from parsing the file's text) with the file named."""
+        text, lead = str(error), f"{error.key}: "
+        return cls(path, error.key, text[len(lead):] if text.startswith(lead) else text)
 
 
 @dataclass(frozen=True)
@@ -176,14 +223,54 @@ def _lower_keys(value: Any) -> Any:
     return value
 
 
-def _unknown_keys(data: Mapping[str, Any], known: Mapping[str, Any], prefix: str = "") -> List[str]:
-    found = []
+def _object_paths(known: Mapping[str, _Key], prefix: str = "") -> List[str]:
+    """Every key path through objects (not into list entries)."""
+    paths = []
+    for key in known.values():
+        paths.append(prefix + key.spelling)
+        if key.nested is not None and not key.is_list:
+            paths += _object_paths(key.nested, f"{prefix}{key.spelling}.")
+    return paths
+
+
+def _suggestion(key: str, known: Mapping[str, _Key], prefix: str) -> Optional[str]:
+    """The known key ``key`` was probably meant to be: a near spelling at the same level
+    (difflib), else a nested key of that name placed at the wrong level (``pollPeriod`` at the
+    top instead of ``monitoring.pollPeriod``)."""
+    lowered = key.lower()
+    close = difflib.get_close_matches(lowered, list(known), n=1, cutoff=0.8)
+    if close:
+        return prefix + known[close[0]].spelling
+    elsewhere = [path for path in _object_paths(_KNOWN) if path.lower().rsplit(".", 1)[-1] == lowered]
+    return elsewhere[0] if len(elsewhere) == 1 else None
+
+
+def _unknown_key_warnings(data: Mapping[str, Any], known: Mapping[str, _Key] = _KNOWN,
+                          prefix: str = "") -> List[str]:
+    """One warning per key of ``data`` (as written in the file, case kept) that is not known,
+    with the known key it resembles; and per key given twice in different cases (the last one
+    is used, as the reference's case-insensitive lookup would take one of them)."""
+    warnings = []
+    seen: Dict[str, str] = {}
     for key, value in data.items():
-        if key not in known:
-            found.append(prefix + key)
-        elif isinstance(known[key], dict) and isinstance(value, dict):
-            found += _unknown_keys(value, known[key], f"{prefix}{key}.")
-    return found
+        written = str(key)
+        lowered = written.lower()
+        if lowered in seen:
+            warnings.append(f"configuration key {prefix + written!r} repeats {prefix + seen[lowered]!r} "
+                            f"(keys are case-insensitive): the last one is used")
+        seen[lowered] = written
+        entry = known.get(lowered)
+        if entry is None:
+            hint = _suggestion(written, known, prefix)
+            warnings.append(f"unknown configuration key {prefix + written!r} ignored"
+                            + (f" (did you mean {hint!r}?)" if hint else ""))
+        elif entry.nested is not None and entry.is_list and isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, dict):
+                    warnings += _unknown_key_warnings(item, entry.nested, f"{prefix}{entry.spelling}[{index}].")
+        elif entry.nested is not None and isinstance(value, dict):
+            warnings += _unknown_key_warnings(value, entry.nested, f"{prefix}{entry.spelling}.")
+    return warnings
 
 
 class _Reader:
@@ -383,12 +470,12 @@ def parse_config(text: str) -> AgentConfig:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ConfigError("(file)", f"not valid JSON: {err}") from err
+        raise ConfigError(WHOLE_FILE, f"not valid JSON: {err}") from err
     if not isinstance(data, dict):
-        raise ConfigError("(file)", "expected a JSON object at the top level")
+        raise ConfigError(WHOLE_FILE, "expected a JSON object at the top level")
+    warnings = _unknown_key_warnings(data)
     data = _lower_keys(data)
     reader = _Reader(data)
-    warnings = [f"unknown configuration key {key!r} ignored" for key in _unknown_keys(data, _KNOWN)]
 
     tls_mode = (reader.string("tlsMode") or "mtls").lower()
     if tls_mode not in TLS_MODES:
@@ -403,6 +490,11 @@ def parse_config(text: str) -> AgentConfig:
         for key, value in required:
             if value is None:
                 raise ConfigError(key, "required with tlsMode \"mtls\" (set tlsMode \"plaintext\" for development)")
+    if iam_public and tls_mode != "plaintext" and ca_cert is None:
+        # Without it IAM would be reached in plaintext: a forgotten key must not become a
+        # development mode (issue 16).
+        raise ConfigError("caCert", f"required with iamPublicServerURL and tlsMode {tls_mode!r}: IAM is verified "
+                                    "with it (set tlsMode \"plaintext\" for development)")
     working_dir = reader.path("workingDir") or AgentConfig.working_dir
     reconnect = reader.seconds("cmReconnectTimeout", 10.0)
     reconnect_max: Optional[float] = None
@@ -477,14 +569,20 @@ MAX_CONFIG_BYTES = 1024 * 1024
 
 
 def load_config(path: Path) -> AgentConfig:
-    """Read and parse a config file; a missing, unreadable or oversized file is a ConfigError."""
+    """Read and parse a config file; a missing, unreadable, oversized or malformed file, or a bad
+    value in it, is a ConfigFileError whose message starts with the file's path."""
     try:
         size = Path(path).stat().st_size
         if size > MAX_CONFIG_BYTES:
-            raise ConfigError("(file)", f"{path} is {size} bytes; a config is at most {MAX_CONFIG_BYTES}")
+            raise ConfigFileError(path, WHOLE_FILE, f"{size} bytes; a config is at most {MAX_CONFIG_BYTES}")
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
-        raise ConfigError("(file)", f"cannot read {path}: {err.strerror or err}") from err
+        raise ConfigFileError(path, WHOLE_FILE, f"cannot read: {err.strerror or err}") from err
     except UnicodeDecodeError as err:
-        raise ConfigError("(file)", f"{path} is not UTF-8 text: {err}") from err
-    return parse_config(text)
+        raise ConfigFileError(path, WHOLE_FILE, f"not UTF-8 text: {err}") from err
+    try:
+        return parse_config(text)
+    except ConfigFileError:
+        raise
+    except ConfigError as err:
+        raise ConfigFileError.of(path, err) from err

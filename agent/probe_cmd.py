@@ -10,7 +10,8 @@ prints IAM's figures beside the measured ones with the difference. Output goes t
 The network manager's prerequisites (bridge, veth, 8021q, ifb, tbf, ingress, u32, mirred,
 nf_tables nat/masquerade/ct/quota/objref, dnsmasq, ip_forward) are tried in a throwaway network
 namespace, as the agent does at start.
-Exit 0 when the node could be probed, 2 on a bad config or a --root that is not a directory.
+Exit 0 when the node could be probed, 2 on a bad config or a --root that is not a directory or has
+no proc/meminfo (nothing there to probe).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from google.protobuf.json_format import MessageToDict
 
 from aos_sm.hw import CoreInfo, NodeCapacity, ResourcesResult
 from aos_sm.hw.cpu import dmips_provenance
+from aos_sm.hw.memory import read_meminfo
 
-from .config import AgentConfig, load_config, parse_config
+from .config import AgentConfig, ConfigFileError, load_config, parse_config
 from .errors import AosError, ConfigError
 from .iam.port import IamNodeInfo
 from .registration import (CapacityFigure, NodeCapacityReport, RegistrationPlan, discover, iam_max_dmips_line,
@@ -190,13 +192,27 @@ def _measured(capacity: NodeCapacity) -> int:
     return round(sum(core.dmips for core in capacity.cpus if core.online))
 
 
+def check_root(root: Path) -> None:
+    """ConfigError unless ``root`` looks like a node's root: a directory with a proc/meminfo that
+    states MemTotal. Without it every figure would be a default (0 bytes of RAM, one guessed
+    core) printed as if probed, with exit 0 (issue 16)."""
+    if not root.is_dir():
+        raise ConfigError("--root", f"{root} is not a directory")
+    if "MemTotal" not in read_meminfo(root):
+        raise ConfigError("--root", f"{root} has no proc/meminfo with MemTotal: not a node's root tree "
+                                    "(a mounted image needs its board's /proc files copied in)")
+
+
 def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     root: Path = args.root
     try:
+        check_root(root)
         settings = settings_from(args)
         iam = ask_iam(settings, err)
         node = discover(settings, root, iam=iam)
     except ConfigError as error:
+        if args.config is not None and error.key != "--root" and not isinstance(error, ConfigFileError):
+            error = ConfigFileError.of(args.config, error)  # e.g. a node id left to discovery
         err.write(f"aos-sm probe: {error}\n")
         return EXIT_USAGE
     settings, capacity = node.config, node.capacity

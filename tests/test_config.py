@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from aos_sm.agent import config as config_module
-from aos_sm.agent.config import AgentConfig, JournalAlertsConfig, RuntimeSettings, load_config, parse_config
+from aos_sm.agent.config import (AgentConfig, ConfigFileError, JournalAlertsConfig, RuntimeSettings, load_config,
+                                 parse_config)
 from aos_sm.agent.errors import ConfigError
 
 
@@ -152,6 +153,35 @@ def test_unknown_keys_are_warnings_not_errors() -> None:
                                "unknown configuration key 'monitoring.x' ignored")
 
 
+def test_an_unknown_key_is_named_as_written_with_the_key_it_resembles() -> None:
+    config = parse_config(json.dumps({"PollPeriod": "1s", "CMServerUrl": "cm:1", "tlsMode": "plaintext",
+                                      "Monitoring": {"AverageWindow": "1s", "PolPeriod": "2s"}, "cgroupsParent": "x",
+                                      "Logging": {"Colour": 1}}))
+    assert config.warnings == (
+        "unknown configuration key 'PollPeriod' ignored (did you mean 'monitoring.pollPeriod'?)",
+        "unknown configuration key 'monitoring.PolPeriod' ignored (did you mean 'monitoring.pollPeriod'?)",
+        "unknown configuration key 'cgroupsParent' ignored (did you mean 'cgroupParent'?)",
+        "unknown configuration key 'logging.Colour' ignored",
+    )
+    assert (config.cm_server_url, config.average_window) == ("cm:1", 1.0)  # known keys in any case
+
+
+def test_unknown_keys_in_list_entries_are_warned_with_their_index() -> None:
+    config = parse_config(json.dumps({"runtimes": [{"type": "runc"}, {"Type": "crun", "allowedDIMPS": 5}],
+                                      "monitoring": {"partitions": [{"name": "a", "path": "/", "size": 1}]}}))
+    assert config.warnings == (
+        "unknown configuration key 'runtimes[1].allowedDIMPS' ignored (did you mean 'runtimes[1].allowedDMIPS'?)",
+        "unknown configuration key 'monitoring.partitions[0].size' ignored",
+    )
+
+
+def test_a_key_given_twice_in_different_cases_is_a_warning() -> None:
+    config = parse_config('{"tlsMode": "plaintext", "cgroupParent": "a", "CgroupParent": "b"}')
+    assert config.cgroup_parent == "b"
+    assert config.warnings == ("configuration key 'CgroupParent' repeats 'cgroupParent' (keys are case-insensitive): "
+                               "the last one is used",)
+
+
 def test_the_system_log_is_the_configured_one() -> None:
     assert parse({"logging": {"systemLog": "JournalD"}}).system_log == "journald"
     assert parse({"logging": {"systemLog": "/var/log/syslog"}}).system_log == "/var/log/syslog"
@@ -183,11 +213,29 @@ def test_image_ttl_is_a_duration() -> None:
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", ""])
-def test_malformed_files_are_config_errors(tmp_path: Path, text: str) -> None:
+def test_malformed_files_are_config_errors_naming_the_file(tmp_path: Path, text: str) -> None:
     path = tmp_path / "sm.cfg"
     path.write_text(text)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigFileError) as caught:
         load_config(path)
+    assert str(caught.value).startswith(f"{path}: ") and "(file)" not in str(caught.value)
+    assert caught.value.path == path
+
+
+def test_a_bad_value_in_a_file_names_the_file_and_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "sm.cfg"
+    path.write_text(json.dumps({"monitoring": {"pollPeriod": "often"}}))
+    with pytest.raises(ConfigFileError) as caught:
+        load_config(path)
+    assert caught.value.key == "monitoring.pollPeriod"
+    assert str(caught.value).startswith(f"{path}: monitoring.pollPeriod: ")
+
+
+def test_iam_needs_ca_cert_unless_plaintext() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse({"iamPublicServerURL": "iam:8090", "tlsMode": "tls"})
+    assert caught.value.key == "caCert"
+    assert parse({"iamPublicServerURL": "iam:8090", "tlsMode": "plaintext"}).ca_cert is None
 
 
 def test_missing_and_oversized_files_are_config_errors(tmp_path: Path) -> None:

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 Out = sm_pb2.SMOutgoingMessages
 
 LIMIT_ALERT_REPEAT = 600.0  # seconds between ``continue`` statuses of a used-up traffic limit
+# The shortest span the first sample's cpu covers: /proc/stat counts in clock ticks (USER_HZ,
+# 100 a second per CPU), so a few ms would read as 0 % or 100 %; 0.1 s gives 5 % steps on 2 CPUs.
+FIRST_CPU_SPAN = 0.1
 
 
 class TrafficPort(Protocol):
@@ -129,8 +132,10 @@ class Monitor:
         self._limiter = ProblemLimiter(problem_interval)
         self._limiter_lock = threading.Lock()
         self._traffic = traffic
+        # The node's cpu counters are read here, so the first sample (at start) is a rate too.
         self._node = NodeSampler(root=root, max_dmips=capacity.max_dmips, partitions=partitions,
                                  uplink_interfaces=uplink_interfaces, count_uplinks=traffic is None)
+        self._created = clock()
         self._lock = threading.Lock()
         self._node_average = MovingAverage(self._window)
         self._system: List[alerts.AlertProcessor] = []
@@ -148,8 +153,18 @@ class Monitor:
             self._pending_rules = config.alert_rules if config is not None else None
 
     def start(self) -> None:
+        """Take the first sample now, then poll every period on the worker thread.
+
+        The first sample is not left to the first period's end (35 s by default): CM may ask
+        for AverageMonitoring right after registration, and an empty average answered node RAM
+        0 and cpu 0 (issue 16). Its cpu covers the time since construction, at least
+        ``FIRST_CPU_SPAN`` (waited here if the agent started faster)."""
         if self._thread is not None:
             return
+        wait = FIRST_CPU_SPAN - (self._clock() - self._created)
+        if wait > 0:
+            self._stopping.wait(min(wait, FIRST_CPU_SPAN))
+        self._poll()
         self._thread = threading.Thread(target=self._run, name="sm-monitor", daemon=True)
         self._thread.start()
 
@@ -203,11 +218,14 @@ class Monitor:
         while not self._stopping.wait(max(0.0, deadline - self._clock())):
             # Fixed-rate: a slow poll shortens the next wait instead of shifting every later one.
             deadline = max(deadline + self._poll_period, self._clock())
-            try:
-                self.tick()
-            except Exception as err:  # the monitor must outlive any one bad poll
-                log.exception("monitoring poll failed")
-                self._report(f"monitoring poll failed: {type(err).__name__}: {err}")
+            self._poll()
+
+    def _poll(self) -> None:
+        try:
+            self.tick()
+        except Exception as err:  # the monitor must outlive any one bad poll
+            log.exception("monitoring poll failed")
+            self._report(f"monitoring poll failed: {type(err).__name__}: {err}")
 
     def tick(self) -> None:
         """One poll: sample, send InstantMonitoring, feed averages and alert rules, send alerts."""

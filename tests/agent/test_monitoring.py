@@ -113,3 +113,19 @@ def test_alerts_raised_while_disconnected_follow_the_next_registration_in_order(
     assert [a.system_quota_alert.status for a in kept] == ["raise", "continue"]
     stamps = [a.timestamp.ToNanoseconds() / 1e9 for a in kept]
     assert offline_since <= stamps[0] <= stamps[1] < reconnect_at  # raised and kept while offline
+
+
+def test_average_monitoring_right_after_registration_has_a_real_first_sample(
+    contract_cm: ContractCM, start_agent: Callable[..., Agent], busy_process: subprocess.Popen[bytes]
+) -> None:
+    """Issue 16: with the default 35 s poll the first sample used to come one period after start,
+    so CM's first GetAverageMonitoring got node RAM 0 and cpu 0. It is now taken at start."""
+    agent = start_agent(contract_cm.address)  # default monitoring: pollPeriod 35s
+    session = registered(contract_cm)
+    session.send("get_average_monitoring", {})
+    node = session.wait_for("average_monitoring", timeout=5).node_monitoring
+    assert node.timestamp.seconds > 0
+    assert 0 < node.ram <= agent.capacity.total_ram
+    # A busy process kept one CPU busy over the first sample's span (at least 0.1 s).
+    assert 0 < node.cpu <= agent.capacity.max_dmips
+    assert [p.name for p in node.partitions] == ["workingDir"] and node.partitions[0].used_size > 0

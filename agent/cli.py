@@ -130,28 +130,77 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if stopped else EXIT_FAILURE
 
 
-def cmd_cm_sim(args: argparse.Namespace) -> int:
+def _cm_sim_credentials(args: argparse.Namespace) -> object:
+    """Server credentials from --tls-cert/--tls-key/--tls-ca, each file checked first (ssl loads
+    them as gRPC will) so that a bad one is a one-line error, not a failed handshake later."""
+    import ssl
+
     import grpc
 
-    from .cmsim import HELP, SimulatedCM, command_message, to_json
+    if not (args.tls_cert or args.tls_key):
+        if args.tls_ca:
+            raise ValueError("--tls-ca needs --tls-cert and --tls-key")
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together: give both")
+    contents = {}
+    for option, name in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--tls-ca", args.tls_ca)):
+        if name:
+            try:
+                contents[option] = Path(name).read_bytes()
+            except OSError as err:
+                raise ValueError(f"{option} {name}: cannot read: {err.strerror or err}") from err
+            if b"-----BEGIN" not in contents[option]:
+                raise ValueError(f"{option} {name}: not a PEM file")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(args.tls_cert, args.tls_key)
+    except ssl.SSLError as err:
+        raise ValueError(f"--tls-cert {args.tls_cert} / --tls-key {args.tls_key}: not a certificate and its "
+                         f"key ({err.reason or err})") from err
+    if args.tls_ca:
+        try:
+            ssl.create_default_context(cafile=args.tls_ca)
+        except ssl.SSLError as err:
+            raise ValueError(f"--tls-ca {args.tls_ca}: no CA certificate in it ({err.reason or err})") from err
+    return grpc.ssl_server_credentials([(contents["--tls-key"], contents["--tls-cert"])],
+                                       root_certificates=contents.get("--tls-ca"),
+                                       require_client_auth="--tls-ca" in contents)
 
-    credentials = None
-    if args.tls_cert or args.tls_key:
-        if not (args.tls_cert and args.tls_key):
-            raise ConfigError("--tls-cert/--tls-key", "give both")
-        ca = Path(args.tls_ca).read_bytes() if args.tls_ca else None
-        credentials = grpc.ssl_server_credentials(
-            [(Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())],
-            root_certificates=ca,
-            require_client_auth=ca is not None,
-        )
+
+def cmd_cm_sim(args: argparse.Namespace) -> int:
+    from .cmsim import HELP, ListenError, SimulatedCM, command_message, defaults_for, parse_listen, to_json
+    from .demo_image import demo_image, host_architecture, real_service_problem
+    from .ocilayout import load_oci_layout
 
     def show(session: object, message: object) -> None:
         print(f"[session {getattr(session, 'number', '?')}] {to_json(message)}", flush=True)
+        text = _log_text(message)
+        if text is not None:
+            print(f"[session {getattr(session, 'number', '?')}] log text:\n{text}", file=sys.stderr, flush=True)
 
-    simulator = SimulatedCM(args.listen, credentials=credentials, on_message=show).start()
+    try:
+        listen = parse_listen(args.listen)
+        credentials = _cm_sim_credentials(args)
+        if args.image_ref and not args.image:
+            raise ValueError("--image-ref needs --image DIR")
+        try:
+            image = load_oci_layout(Path(args.image), args.image_ref) if args.image else demo_image(host_architecture())
+        except ValueError as err:
+            raise ValueError(f"--image {args.image}: {err}") from err
+        simulator = SimulatedCM(listen, credentials=credentials, on_message=show)  # type: ignore[arg-type]
+    except (ValueError, ListenError) as err:  # OciLayoutError is a ValueError
+        print(f"aos-sm cm-sim: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    urls = simulator.serve(image)
+    simulator.start()
     stop = _stop_on_signals()
     print(f"CM simulator listening on {simulator.address}; commands: {HELP}", file=sys.stderr, flush=True)
+    print(f"serving {image.description}: manifest {image.manifest_digest} at {urls[image.manifest_digest]}; "
+          "`start ITEM` deploys it", file=sys.stderr, flush=True)
+    problem = real_service_problem() if not args.image else None
+    if problem is not None:
+        print(f"note: this host could not run it itself ({problem}); an SM on a node that can will",
+              file=sys.stderr, flush=True)
 
     def read_commands() -> None:
         for line in sys.stdin:
@@ -164,10 +213,16 @@ def cmd_cm_sim(args: argparse.Namespace) -> int:
             if session is None or session.closed.is_set():
                 print("no SM connected", file=sys.stderr, flush=True)
                 continue
+            defaults = defaults_for(session, simulator.image)
             try:
-                session.send(command_message(line))
+                message = command_message(line, defaults)
             except ValueError as err:
                 print(err, file=sys.stderr, flush=True)
+                continue
+            if line.split()[0] == "start" and len(line.split()) == 2:
+                print(f"start {line.split()[1]}: {defaults.runtime_note}, image {defaults.manifest_digest}",
+                      file=sys.stderr, flush=True)
+            session.send(message)
         if sys.stdin.isatty():
             stop.set()
 
@@ -175,6 +230,22 @@ def cmd_cm_sim(args: argparse.Namespace) -> int:
     _wait_for(stop)
     simulator.stop(0)
     return EXIT_OK
+
+
+def _log_text(message: object) -> Optional[str]:
+    """The text of a LogData part (its data is a gzip stream), for a person reading cm-sim."""
+    import gzip
+    import zlib
+
+    if getattr(message, "WhichOneof")("SMOutgoingMessage") != "log":
+        return None
+    data = getattr(message, "log").data
+    if not data:
+        return None
+    try:
+        return gzip.decompress(data).decode(errors="replace").rstrip("\n")
+    except (OSError, EOFError, zlib.error):
+        return None
 
 
 def cmd_iam_sim(args: argparse.Namespace) -> int:
@@ -225,7 +296,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return run_iam_demo(timeout=args.timeout)
     from .demo import run_demo
 
-    return run_demo(timeout=args.timeout)
+    return run_demo(timeout=args.timeout, verbose=args.verbose,
+                    log_file=Path(args.log_file) if args.log_file else None)
 
 
 def cmd_fsm(args: argparse.Namespace) -> int:
@@ -275,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--tls-cert", help="server certificate (PEM); enables TLS")
     sim.add_argument("--tls-key", help="server key (PEM)")
     sim.add_argument("--tls-ca", help="CA for client certificates (PEM); enables mutual TLS")
+    sim.add_argument("--image", metavar="DIR",
+                     help="serve this OCI image layout's image (oci-layout, index.json, blobs/sha256; what "
+                          "`skopeo copy ... oci:DIR` writes) for `start`; default: the built-in demo image")
+    sim.add_argument("--image-ref", metavar="NAME",
+                     help="with --image: the image whose org.opencontainers.image.ref.name is NAME "
+                          "(default: the first in index.json)")
     sim.set_defaults(func=cmd_cm_sim)
 
     iam_sim = commands.add_parser("iam-sim", help="a fake IAM: node info, certificates from a test CA, renewals, "
@@ -293,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for each step")
     demo.add_argument("--iam", action="store_true",
                       help="IAM mode: identity and certificates from a fake IAM, CM over mTLS, a renewal")
+    demo.add_argument("--verbose", action="store_true", help="the agent's log on stderr (default: to a file, "
+                                                             "named at the end)")
+    demo.add_argument("--log-file", metavar="FILE", help="write the agent's log here (default: a new file in "
+                                                         "the temporary directory)")
     demo.set_defaults(func=cmd_demo)
 
     fsm = commands.add_parser("fsm", help="a state diagram (the session's, or with --instance an instance's), "

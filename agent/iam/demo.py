@@ -48,7 +48,7 @@ def run_iam_demo(timeout: float = 15.0) -> int:
             if sm_info is None:
                 print("demo: the agent did not register with the simulator", file=sys.stderr)
                 return 1
-            text = json.dumps(json_format.MessageToDict(sm_info, preserving_proto_field_name=True), indent=2)  # type: ignore[arg-type]
+            text = json.dumps(json_format.MessageToDict(sm_info, preserving_proto_field_name=True), indent=2)
             print(f"\n== SMInfo: node id and DMIPS from IAM's node info\n{text}", flush=True)
             renewed = iam.renew("sm")
             print(f"\n== IAM renews the sm certificate (serial {renewed.serial:x}): the agent reconnects", flush=True)

@@ -186,7 +186,7 @@ def cmd_cm_sim(args: argparse.Namespace) -> int:
         try:
             image = load_oci_layout(Path(args.image), args.image_ref) if args.image else demo_image(host_architecture())
         except ValueError as err:
-            raise ValueError(f"--image {args.image}: {err}") from err
+            raise ValueError(f"--image: {err}") from err
         simulator = SimulatedCM(listen, credentials=credentials, on_message=show)  # type: ignore[arg-type]
     except (ValueError, ListenError) as err:  # OciLayoutError is a ValueError
         print(f"aos-sm cm-sim: {err}", file=sys.stderr)

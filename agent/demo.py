@@ -144,6 +144,7 @@ class _Demo:
             })))
             for line in describe(agent):
                 self.story.say(line, "SM")
+            self.story.say(f"working dir {workdir}, cgroups under {self.cgroup_parent} (both removed at the end)")
             self.story.say(f"serving the demo image {self.image.manifest_digest[:19]}… at "
                            f"{urls[self.image.manifest_digest].rsplit('/', 1)[0]}/", "CM")
             agent.start()
@@ -401,7 +402,10 @@ class _Demo:
         batch = self.session.wait_for("node_instances_status", self.timeout, after=seen,
                                       where=lambda m: all(s.instance.item_id != SERVICE for s in m.instances))
         if batch is not None:
-            self.story.say(f"NodeInstancesStatus: {len(batch.instances)} instance(s)", "SM")
+            left = ", ".join(f"{s.instance.item_id} {s.state}" for s in batch.instances)
+            self.story.say(f"NodeInstancesStatus: {left or 'no instance'}"
+                           f"{' (the failed one from before stays listed until CM stops it)' if left else ''}",
+                           "SM")
         if stopped is None or stopped.state != "inactive":
             self.story.fail(error_text(stopped.error) if stopped is not None else "no inactive status")
         else:
@@ -431,7 +435,10 @@ class _Demo:
         """Unmount what the launcher left under the working dir (its roots tmpfs stays for the
         agent's life), then remove it; never remove through a mount."""
         for point in sorted(_mounts_under(workdir), key=len, reverse=True):
-            subprocess.run(["umount", "-l", point], capture_output=True, check=False, timeout=30)
+            try:
+                subprocess.run(["umount", "-l", point], capture_output=True, check=False, timeout=30)
+            except (OSError, subprocess.SubprocessError):
+                break  # no umount here: the check below keeps the directory
         if _mounts_under(workdir):
             print(f"demo: {workdir} is kept: something is still mounted under it", file=self.story.out)
         else:

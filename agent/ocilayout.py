@@ -37,7 +37,7 @@ def _blob_path(root: Path, digest: Any) -> Path:
         raise OciLayoutError(f"{root}: unsupported digest {digest!r} (sha256 only)")
     path = root / "blobs" / "sha256" / digest[7:]
     if not path.is_file():
-        raise OciLayoutError(f"{root}: blob {digest} is missing ({path})")
+        raise OciLayoutError(f"{root}: blob {digest} is missing from blobs/sha256")
     return path
 
 

@@ -16,7 +16,7 @@ import textwrap
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, TextIO
+from typing import Dict, Iterator, List, Optional, TextIO
 
 OK, FAILED, SKIPPED = "ok", "FAILED", "skipped"
 
@@ -88,8 +88,19 @@ class Story:
                     f"{len(counts[SKIPPED])} skipped")
         for outcome in counts[FAILED]:
             self._print(f"  FAILED  step {outcome.number}, {outcome.title}: {outcome.detail}")
+        # Steps skipped for one reason are listed together: the reason is said once.
+        reasons: List[str] = []
+        steps: Dict[str, List[StepOutcome]] = {}
         for outcome in counts[SKIPPED]:
-            self._print(f"  skipped step {outcome.number}, {outcome.title}: {outcome.detail}")
+            if outcome.detail not in steps:
+                reasons.append(outcome.detail)
+                steps[outcome.detail] = []
+            steps[outcome.detail].append(outcome)
+        for reason in reasons:
+            skipped = steps[reason]
+            numbers = ", ".join(str(o.number) for o in skipped)
+            named = f"steps {numbers}" if len(skipped) > 1 else f"step {numbers} ({skipped[0].title})"
+            self._print(f"  skipped {named}: {reason}")
         if log_file is not None:
             self._print(f"The agent's log: {log_file}")
         return 1 if counts[FAILED] else 0

@@ -293,7 +293,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.iam:
         from .iam.demo import run_iam_demo
 
-        return run_iam_demo(timeout=args.timeout)
+        return run_iam_demo(timeout=args.timeout, verbose=args.verbose,
+                            log_file=Path(args.log_file) if args.log_file else None)
     from .demo import run_demo
 
     return run_demo(timeout=args.timeout, verbose=args.verbose,

@@ -38,9 +38,9 @@ POLL_PERIOD = "1s"  # monitoring's default is 35 s: too long to watch
 
 
 def run_demo(timeout: float = 15.0, *, verbose: bool = False, log_file: Optional[Path] = None,
-             out: TextIO = sys.stdout) -> int:
+             out: Optional[TextIO] = None) -> int:
     """Run the story; 0 when every step that was tried worked (skipped ones say why)."""
-    story = Story(out)
+    story = Story(out or sys.stdout)
     with logs_to_file(log_file, verbose) as log_path:
         try:
             _Demo(story, timeout).run()

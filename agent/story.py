@@ -30,8 +30,8 @@ class StepOutcome:
 
 
 class Story:
-    def __init__(self, out: TextIO = sys.stdout, width: int = 100) -> None:
-        self.out = out
+    def __init__(self, out: Optional[TextIO] = None, width: int = 100) -> None:
+        self.out = out or sys.stdout  # looked up now: tests and callers swap sys.stdout
         self.width = width
         self.outcomes: List[StepOutcome] = []
         self._open: Optional[int] = None
@@ -107,7 +107,7 @@ class Story:
 
 
 @contextmanager
-def logs_to_file(path: Optional[Path], verbose: bool) -> Iterator[Optional[Path]]:
+def logs_to_file(path: Optional[Path], verbose: bool, prefix: str = "aos-sm-demo-") -> Iterator[Optional[Path]]:
     """Send every log record to ``path`` (a new temporary file when None) for the block, so that
     the story on stdout stays readable; with ``verbose`` leave logging as it is (stderr). Yields
     the file, or None when verbose."""
@@ -115,7 +115,7 @@ def logs_to_file(path: Optional[Path], verbose: bool) -> Iterator[Optional[Path]
         yield None
         return
     if path is None:
-        handle, name = tempfile.mkstemp(prefix="aos-sm-demo-", suffix=".log")
+        handle, name = tempfile.mkstemp(prefix=prefix, suffix=".log")
         os.close(handle)
         path = Path(name)
     root = logging.getLogger()

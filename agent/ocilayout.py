@@ -11,8 +11,11 @@ from typing import Any, Dict, List, Optional
 from .demo_image import Blob, ServedImage
 
 REF_NAME = "org.opencontainers.image.ref.name"
-MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
-                  "application/vnd.docker.distribution.manifest.v2+json")
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
+               "application/vnd.docker.distribution.manifest.list.v2+json")
+# The layer types the SM unpacks (INSTANCES.md, "The image"); anything else it refuses.
+LAYER_TYPES = ("application/vnd.oci.image.layer.v1.tar", "application/vnd.oci.image.layer.v1.tar+gzip")
 
 
 class OciLayoutError(ValueError):
@@ -70,12 +73,20 @@ def load_oci_layout(root: Path, ref: Optional[str] = None) -> ServedImage:
     if not isinstance(manifests, list):
         raise OciLayoutError(f"{root}/index.json has no manifests list")
     entry = _pick(root, manifests, ref)
-    if entry.get("mediaType") not in MANIFEST_TYPES:
-        raise OciLayoutError(f"{root}: {entry.get('digest')} is a {entry.get('mediaType')}, not an image manifest "
-                             "(copy a single platform: skopeo copy --override-arch ...)")
     digest = entry.get("digest")
     manifest_path = _blob_path(root, digest)
     manifest = _json(manifest_path, "manifest")
+    media_type = entry.get("mediaType") or manifest.get("mediaType")
+    if media_type in INDEX_TYPES:
+        raise OciLayoutError(f"{root}: {digest} is an image index (several platforms); copy one platform: "
+                             "skopeo copy --override-arch ARCH docker://IMAGE oci:DIR")
+    if media_type != MANIFEST_TYPE:
+        raise OciLayoutError(f"{root}: {digest} is a {media_type}, not an OCI image manifest "
+                             "(skopeo copy --format oci docker://IMAGE oci:DIR)")
+    for layer in manifest.get("layers") or []:
+        if isinstance(layer, dict) and layer.get("mediaType") not in LAYER_TYPES:
+            raise OciLayoutError(f"{root}: layer {layer.get('digest')} is {layer.get('mediaType')}; the SM unpacks "
+                                 "only tar and tar+gzip OCI layers (skopeo copy --dest-compress-format gzip ...)")
     blobs: Dict[str, Blob] = {str(digest): manifest_path}
     descriptors = [manifest.get("config")] + list(manifest.get("layers") or [])
     descriptors += [value for key, value in manifest.items() if key in ("aosItemConfig", "aosService")]
@@ -96,7 +107,7 @@ def write_oci_layout(root: Path, blobs: Dict[str, bytes], manifest_digest: str, 
     for digest, data in blobs.items():
         (root / "blobs" / "sha256" / digest.split(":", 1)[1]).write_bytes(data)
     (root / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    entry: Dict[str, Any] = {"mediaType": MANIFEST_TYPES[0], "digest": manifest_digest,
+    entry: Dict[str, Any] = {"mediaType": MANIFEST_TYPE, "digest": manifest_digest,
                              "size": len(blobs[manifest_digest])}
     if ref is not None:
         entry["annotations"] = {REF_NAME: ref}

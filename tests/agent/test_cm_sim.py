@@ -19,7 +19,7 @@ import pytest
 from tls import TLSMaterial
 
 from aos_sm.agent.app import Agent
-from aos_sm.agent.demo_image import demo_image, host_architecture, real_service_problem
+from aos_sm.agent.demo_image import demo_image, host_architecture, real_service_problem, sha256
 from aos_sm.agent.ocilayout import write_oci_layout
 
 CM_SIM = [sys.executable, "-m", "aos_sm.agent.cli", "cm-sim"]
@@ -108,6 +108,24 @@ def _bad_layout(tmp_path: Path, what: str) -> Path:
         write_oci_layout(root, {d: b for d, b in image.blobs.items() if isinstance(b, bytes)}, image.manifest_digest)
         layer = json.loads(image.blobs[image.manifest_digest])["layers"][0]["digest"]  # type: ignore[arg-type]
         (root / "blobs" / "sha256" / layer.split(":")[1]).unlink()
+    elif what in ("zstd-layer", "multi-platform"):
+        image = demo_image()
+        blobs = {d: b for d, b in image.blobs.items() if isinstance(b, bytes)}
+        manifest = json.loads(blobs.pop(image.manifest_digest))
+        if what == "zstd-layer":
+            manifest["layers"][0]["mediaType"] = "application/vnd.oci.image.layer.v1.tar+zstd"
+        else:  # an index naming the manifest, as a multi-platform copy has
+            blobs[sha256(json.dumps(manifest).encode())] = json.dumps(manifest).encode()
+            manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                       "digest": sha256(json.dumps(manifest).encode()), "size": 1}]}
+        data = json.dumps(manifest).encode()
+        blobs[sha256(data)] = data
+        write_oci_layout(root, blobs, sha256(data))
+        if what == "multi-platform":
+            index = json.loads((root / "index.json").read_text())
+            index["manifests"][0]["mediaType"] = "application/vnd.oci.image.index.v1+json"
+            (root / "index.json").write_text(json.dumps(index))
     return root
 
 
@@ -115,36 +133,38 @@ def _bad_layout(tmp_path: Path, what: str) -> Path:
     "listen-bogus", "listen-port-only", "listen-port-too-big", "listen-unknown-host", "listen-not-ours",
     "cert-missing", "key-missing", "cert-without-key", "cert-is-a-directory", "cert-not-pem", "key-not-matching",
     "ca-missing", "ca-not-pem", "ca-without-cert", "image-not-a-dir", "image-no-oci-layout", "image-index-not-json",
-    "image-missing-blob", "image-ref-unknown", "image-ref-without-image",
+    "image-missing-blob", "image-ref-unknown", "image-ref-without-image", "image-zstd-layer", "image-multi-platform",
 ])
 def test_every_bad_argument_is_one_line_and_exit_2(case: str, tmp_path: Path, tls_material: TLSMaterial) -> None:
     server, client = tls_material.server, tls_material.client
     missing = str(tmp_path / "missing.pem")
     good = ["--tls-cert", str(server.cert), "--tls-key", str(server.key)]
-    args: Dict[str, List[str]] = {
-        "listen-bogus": ["--listen", "bogus"],
-        "listen-port-only": ["--listen", "8093"],
-        "listen-port-too-big": ["--listen", "127.0.0.1:70000"],
-        "listen-unknown-host": ["--listen", "no-such-host.invalid:8093"],
-        "listen-not-ours": ["--listen", "192.0.2.1:8093"],  # TEST-NET-1: never this machine's
-        "cert-missing": ["--tls-cert", missing, "--tls-key", str(server.key)],
-        "key-missing": ["--tls-cert", str(server.cert), "--tls-key", missing],
-        "cert-without-key": ["--tls-cert", str(server.cert)],
-        "cert-is-a-directory": ["--tls-cert", str(tmp_path), "--tls-key", str(server.key)],
-        "cert-not-pem": ["--tls-cert", str(_not_pem(tmp_path)), "--tls-key", str(server.key)],
-        "key-not-matching": ["--tls-cert", str(server.cert), "--tls-key", str(client.key)],
-        "ca-missing": [*good, "--tls-ca", missing],
-        "ca-not-pem": [*good, "--tls-ca", str(_not_pem(tmp_path))],
-        "ca-without-cert": ["--tls-ca", str(tls_material.ca.cert)],
-        "image-not-a-dir": ["--image", str(tmp_path / "nothing")],
-        "image-no-oci-layout": ["--image", str(tmp_path)],
-        "image-index-not-json": ["--image", str(_bad_layout(tmp_path, "index-not-json"))],
-        "image-missing-blob": ["--image", str(_bad_layout(tmp_path, "missing-blob"))],
-        "image-ref-unknown": ["--image", str(layout_of_demo_image(tmp_path / "layout")), "--image-ref", "other"],
-        "image-ref-without-image": ["--image-ref", "demo"],
+    args: Dict[str, Callable[[], List[str]]] = {  # built only for the case at hand
+        "listen-bogus": lambda: ["--listen", "bogus"],
+        "listen-port-only": lambda: ["--listen", "8093"],
+        "listen-port-too-big": lambda: ["--listen", "127.0.0.1:70000"],
+        "listen-unknown-host": lambda: ["--listen", "no-such-host.invalid:8093"],
+        "listen-not-ours": lambda: ["--listen", "192.0.2.1:8093"],  # TEST-NET-1: never this machine's
+        "cert-missing": lambda: ["--tls-cert", missing, "--tls-key", str(server.key)],
+        "key-missing": lambda: ["--tls-cert", str(server.cert), "--tls-key", missing],
+        "cert-without-key": lambda: ["--tls-cert", str(server.cert)],
+        "cert-is-a-directory": lambda: ["--tls-cert", str(tmp_path), "--tls-key", str(server.key)],
+        "cert-not-pem": lambda: ["--tls-cert", str(_not_pem(tmp_path)), "--tls-key", str(server.key)],
+        "key-not-matching": lambda: ["--tls-cert", str(server.cert), "--tls-key", str(client.key)],
+        "ca-missing": lambda: [*good, "--tls-ca", missing],
+        "ca-not-pem": lambda: [*good, "--tls-ca", str(_not_pem(tmp_path))],
+        "ca-without-cert": lambda: ["--tls-ca", str(tls_material.ca.cert)],
+        "image-not-a-dir": lambda: ["--image", str(tmp_path / "nothing")],
+        "image-no-oci-layout": lambda: ["--image", str(tmp_path)],
+        "image-index-not-json": lambda: ["--image", str(_bad_layout(tmp_path, "index-not-json"))],
+        "image-missing-blob": lambda: ["--image", str(_bad_layout(tmp_path, "missing-blob"))],
+        "image-ref-unknown": lambda: ["--image", str(layout_of_demo_image(tmp_path / "layout")), "--image-ref", "other"],
+        "image-ref-without-image": lambda: ["--image-ref", "demo"],
+        "image-zstd-layer": lambda: ["--image", str(_bad_layout(tmp_path, "zstd-layer"))],
+        "image-multi-platform": lambda: ["--image", str(_bad_layout(tmp_path, "multi-platform"))],
     }
     # Anything that got past the arguments would listen: on a free port of loopback, never 8093.
-    line = one_line_exit_2(args[case] + (["--listen", "127.0.0.1:0"] if not case.startswith("listen") else []),
+    line = one_line_exit_2(args[case]() + (["--listen", "127.0.0.1:0"] if not case.startswith("listen") else []),
                            tmp_path)
     expected = {"listen": "--listen", "cert": "--tls-", "key": "--tls-", "ca": "--tls-ca", "image": "--image"}
     assert expected[case.split("-")[0]] in line or "cannot listen" in line, line

@@ -152,50 +152,9 @@ def _run_agent(args: argparse.Namespace, config_path: Path) -> int:
 
 
 def cmd_cm_sim(args: argparse.Namespace) -> int:
-    import grpc
+    from .cmsim_cli import run_cm_sim
 
-    from .cmsim import HELP, SimulatedCM, command_message, to_json
-
-    credentials = None
-    if args.tls_cert or args.tls_key:
-        if not (args.tls_cert and args.tls_key):
-            raise ConfigError("--tls-cert/--tls-key", "give both")
-        ca = Path(args.tls_ca).read_bytes() if args.tls_ca else None
-        credentials = grpc.ssl_server_credentials(
-            [(Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())],
-            root_certificates=ca,
-            require_client_auth=ca is not None,
-        )
-
-    def show(session: object, message: object) -> None:
-        print(f"[session {getattr(session, 'number', '?')}] {to_json(message)}", flush=True)
-
-    simulator = SimulatedCM(args.listen, credentials=credentials, on_message=show).start()
-    stop = _stop_on_signals()
-    print(f"CM simulator listening on {simulator.address}; commands: {HELP}", file=sys.stderr, flush=True)
-
-    def read_commands() -> None:
-        for line in sys.stdin:
-            line = line.strip()
-            if line in ("quit", "exit"):
-                break
-            if not line:
-                continue
-            session = simulator.current
-            if session is None or session.closed.is_set():
-                print("no SM connected", file=sys.stderr, flush=True)
-                continue
-            try:
-                session.send(command_message(line))
-            except ValueError as err:
-                print(err, file=sys.stderr, flush=True)
-        if sys.stdin.isatty():
-            stop.set()
-
-    threading.Thread(target=read_commands, name="cmsim-stdin", daemon=True).start()
-    _wait_for(stop)
-    simulator.stop(0)
-    return EXIT_OK
+    return run_cm_sim(args, _stop_on_signals, _wait_for)
 
 
 def cmd_iam_sim(args: argparse.Namespace) -> int:
@@ -243,10 +202,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.iam:
         from .iam.demo import run_iam_demo
 
-        return run_iam_demo(timeout=args.timeout)
+        return run_iam_demo(timeout=args.timeout, verbose=args.verbose,
+                            log_file=Path(args.log_file) if args.log_file else None)
     from .demo import run_demo
 
-    return run_demo(timeout=args.timeout)
+    return run_demo(timeout=args.timeout, verbose=args.verbose,
+                    log_file=Path(args.log_file) if args.log_file else None)
 
 
 def cmd_fsm(args: argparse.Namespace) -> int:
@@ -299,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--tls-cert", help="server certificate (PEM); enables TLS")
     sim.add_argument("--tls-key", help="server key (PEM)")
     sim.add_argument("--tls-ca", help="CA for client certificates (PEM); enables mutual TLS")
+    sim.add_argument("--image", metavar="DIR",
+                     help="serve this OCI image layout's image (oci-layout, index.json, blobs/sha256; what "
+                          "`skopeo copy ... oci:DIR` writes) for `start`; default: the built-in demo image")
+    sim.add_argument("--image-ref", metavar="NAME",
+                     help="with --image: the image whose org.opencontainers.image.ref.name is NAME "
+                          "(default: the first in index.json)")
     sim.set_defaults(func=cmd_cm_sim)
 
     iam_sim = commands.add_parser("iam-sim", help="a fake IAM: node info, certificates from a test CA, renewals, "
@@ -317,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for each step")
     demo.add_argument("--iam", action="store_true",
                       help="IAM mode: identity and certificates from a fake IAM, CM over mTLS, a renewal")
+    demo.add_argument("--verbose", action="store_true", help="the agent's log on stderr (default: to a file, "
+                                                             "named at the end)")
+    demo.add_argument("--log-file", metavar="FILE", help="write the agent's log here (default: a new file in "
+                                                         "the temporary directory)")
     demo.set_defaults(func=cmd_demo)
 
     fsm = commands.add_parser("fsm", help="a state diagram (the session's, or with --instance an instance's), "

@@ -66,6 +66,7 @@ RDEPENDS:${PN} += "\
     python3-cryptography \
     python3-ctypes \
     python3-datetime \
+    python3-difflib \
     python3-grpcio \
     python3-io \
     python3-json \

@@ -53,7 +53,9 @@ class ServedImage:
     description: str = ""
 
 
-def _script_layer(files: Dict[str, bytes]) -> bytes:
+def script_layer(files: Dict[str, bytes]) -> bytes:
+    """An uncompressed layer tar of ``files`` (a name ending in ``/`` is a directory), with fixed
+    mtimes so the same files give the same diff id."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for name, data in files.items():
@@ -68,10 +70,12 @@ def _script_layer(files: Dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def build_image(layers: Sequence[bytes], *, entrypoint: Sequence[str], architecture: str = "amd64",
-                item_config: Optional[object] = None) -> Dict[str, bytes]:
+def build_image(layers: Sequence[bytes], *, entrypoint: Sequence[str] = (), cmd: Sequence[str] = (),
+                env: Sequence[str] = (), working_dir: str = "/", architecture: str = "amd64",
+                item_config: Optional[object] = None, item_config_key: str = "aosItemConfig") -> Dict[str, bytes]:
     """The blobs of an OCI image of uncompressed ``layers`` (gzipped here); the manifest is the
-    last entry. ``item_config`` is named in the manifest under ``aosItemConfig``, as Aos images do."""
+    last entry. ``item_config`` (a JSON value, or raw bytes) is named in the manifest under
+    ``item_config_key``, as Aos images do. The launcher tests build their images with it too."""
     blobs: Dict[str, bytes] = {}
     descriptors = []
     for layer in layers:
@@ -81,7 +85,7 @@ def build_image(layers: Sequence[bytes], *, entrypoint: Sequence[str], architect
                             "digest": sha256(compressed), "size": len(compressed)})
     config = json.dumps({
         "architecture": architecture, "os": "linux",
-        "config": {"Entrypoint": list(entrypoint), "WorkingDir": "/"},
+        "config": {"Entrypoint": list(entrypoint), "Cmd": list(cmd), "Env": list(env), "WorkingDir": working_dir},
         "rootfs": {"type": "layers", "diff_ids": [sha256(layer) for layer in layers]},
     }).encode()
     blobs[sha256(config)] = config
@@ -92,9 +96,9 @@ def build_image(layers: Sequence[bytes], *, entrypoint: Sequence[str], architect
         "layers": descriptors,
     }
     if item_config is not None:
-        item = json.dumps(item_config).encode()
+        item = item_config if isinstance(item_config, bytes) else json.dumps(item_config).encode()
         blobs[sha256(item)] = item
-        manifest["aosItemConfig"] = {"mediaType": "application/json", "digest": sha256(item), "size": len(item)}
+        manifest[item_config_key] = {"mediaType": "application/json", "digest": sha256(item), "size": len(item)}
     data = json.dumps(manifest).encode()
     blobs[sha256(data)] = data
     return blobs
@@ -102,7 +106,7 @@ def build_image(layers: Sequence[bytes], *, entrypoint: Sequence[str], architect
 
 def demo_image(architecture: str = "amd64") -> ServedImage:
     """The demo service: ``/app/run.sh`` run by the node's ``/bin/sh``."""
-    blobs = build_image([_script_layer({"app/": b"", "app/run.sh": DEMO_SCRIPT.encode()})],
+    blobs = build_image([script_layer({"app/": b"", "app/run.sh": DEMO_SCRIPT.encode()})],
                         entrypoint=["/bin/sh", "/app/run.sh"], architecture=architecture,
                         item_config=DEMO_ITEM_CONFIG)
     manifest = list(blobs)[-1]

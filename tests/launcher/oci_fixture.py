@@ -4,8 +4,6 @@ server on 127.0.0.1 that serves their blobs the way a CM's blob URLs do."""
 from __future__ import annotations
 
 import functools
-import gzip
-import hashlib
 import http.server
 import io
 import json
@@ -16,6 +14,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
+
+from aos_sm.agent.demo_image import build_image as build_blobs
+from aos_sm.agent.demo_image import script_layer, sha256  # noqa: F401  (the tests import them from here)
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 APPLETS = ("sh", "sleep", "id", "cat", "env", "echo", "true", "ls")
@@ -30,10 +31,6 @@ def static_busybox() -> Optional[Path]:
             if b"ld-linux" not in head and b"ld-musl" not in head:
                 return path
     return None
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _add(archive: tarfile.TarFile, name: str, *, kind: bytes = tarfile.DIRTYPE, data: bytes = b"",
@@ -70,34 +67,11 @@ class TestImage:
 def build_image(layers: Sequence[bytes], *, entrypoint: Sequence[str] = (), cmd: Sequence[str] = (),
                 env: Sequence[str] = (), working_dir: str = "/", item_config: Optional[object] = None,
                 item_config_key: str = "aosItemConfig") -> TestImage:
-    """An image of ``layers``; ``item_config`` (a JSON value, or raw bytes) is named in the manifest
-    under ``item_config_key`` as Aos images do."""
-    blobs: Dict[str, bytes] = {}
-    descriptors = []
-    for layer in layers:
-        compressed = gzip.compress(layer, mtime=0)
-        blobs[sha256(compressed)] = compressed
-        descriptors.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                            "digest": sha256(compressed), "size": len(compressed)})
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": list(entrypoint), "Cmd": list(cmd), "Env": list(env), "WorkingDir": working_dir},
-        "rootfs": {"type": "layers", "diff_ids": [sha256(layer) for layer in layers]},
-    }).encode()
-    blobs[sha256(config)] = config
-    document: Dict[str, object] = {
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(config),
-                   "size": len(config)},
-        "layers": descriptors,
-    }
-    if item_config is not None:
-        item = item_config if isinstance(item_config, bytes) else json.dumps(item_config).encode()
-        blobs[sha256(item)] = item
-        document[item_config_key] = {"mediaType": "application/json", "digest": sha256(item), "size": len(item)}
-    manifest = json.dumps(document).encode()
-    blobs[sha256(manifest)] = manifest
-    return TestImage(sha256(manifest), blobs)
+    """An image of ``layers``, built by the agent's own builder (the demo's); the manifest is its
+    last blob."""
+    blobs = build_blobs(layers, entrypoint=entrypoint, cmd=cmd, env=env, working_dir=working_dir,
+                        item_config=item_config, item_config_key=item_config_key)
+    return TestImage(list(blobs)[-1], blobs)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -6,10 +6,8 @@ tmpfs of its own."""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
-import tarfile
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -17,7 +15,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from launcher_helpers import RUNC_ID, RecordingSender, quick_item_config, remove_containers, wait_until
-from oci_fixture import build_image
+from oci_fixture import build_image, script_layer
 from test_launcher_runc import info, resolver_for
 
 from aos_sm.agent.errors import AosCode
@@ -49,20 +47,6 @@ def work_fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         subprocess.run(["umount", "-l", str(work)], check=False)
     else:
         yield "rootfs"
-
-
-def script_layer(files: Dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for name, data in files.items():
-            entry = tarfile.TarInfo(name)
-            if name.endswith("/"):
-                entry.type, entry.mode = tarfile.DIRTYPE, 0o755
-                archive.addfile(entry)
-            else:
-                entry.size, entry.mode = len(data), 0o755
-                archive.addfile(entry, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def mounts_under(path: Path) -> List[str]:

@@ -158,6 +158,7 @@ def cmd_cm_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_iam_sim(args: argparse.Namespace) -> int:
+    from .console import read_commands
     from .iam.sim import SimulatedIAM, default_node_info
 
     cert_types = tuple(args.cert_type or ["sm"])
@@ -175,24 +176,19 @@ def cmd_iam_sim(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     print("type 'renew [type]' to renew a certificate, 'quit' to stop", file=sys.stderr, flush=True)
 
-    def read_commands() -> None:
-        for line in sys.stdin:
-            words = line.split()
-            if words[:1] in (["quit"], ["exit"]):
-                break
-            if words[:1] == ["renew"]:
-                kind = words[1] if len(words) > 1 else cert_types[0]
-                if kind not in simulator.certs:
-                    print(f"no certificate type {kind!r}", file=sys.stderr, flush=True)
-                    continue
-                issued = simulator.renew(kind)
-                print(f"renewed {kind}: serial {issued.serial:x}", file=sys.stderr, flush=True)
-            elif words:
-                print("commands: renew [type], quit", file=sys.stderr, flush=True)
-        if sys.stdin.isatty():
-            stop.set()
+    def command(line: str) -> None:
+        words = line.split()
+        if words[0] != "renew":
+            print("commands: renew [type], quit", file=sys.stderr, flush=True)
+            return
+        kind = words[1] if len(words) > 1 else cert_types[0]
+        if kind not in simulator.certs:
+            print(f"no certificate type {kind!r}", file=sys.stderr, flush=True)
+            return
+        issued = simulator.renew(kind)
+        print(f"renewed {kind}: serial {issued.serial:x}", file=sys.stderr, flush=True)
 
-    threading.Thread(target=read_commands, name="iamsim-stdin", daemon=True).start()
+    read_commands(command, stop, name="iamsim-stdin")
     _wait_for(stop)
     simulator.stop(0)
     return EXIT_OK

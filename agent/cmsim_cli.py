@@ -17,6 +17,7 @@ import grpc
 
 from aos_sm.proto.servicemanager.v5 import servicemanager_pb2 as sm_pb2
 
+from .console import read_commands
 from .cmsim import HELP, ListenError, SimSession, SimulatedCM, command_message, defaults_for, parse_listen, to_json
 from .demo_image import demo_image, host_architecture, real_service_problem
 from .ocilayout import load_oci_layout
@@ -90,31 +91,23 @@ def run_cm_sim(args: argparse.Namespace, stop_on_signals: Callable[[], threading
         print(f"note: this host could not run it itself ({problem}); an SM on a node that can will",
               file=sys.stderr, flush=True)
 
-    def read_commands() -> None:
-        for line in sys.stdin:
-            line = line.strip()
-            if line in ("quit", "exit"):
-                break
-            if not line:
-                continue
-            session = simulator.current
-            if session is None or session.closed.is_set():
-                print("no SM connected", file=sys.stderr, flush=True)
-                continue
-            defaults = defaults_for(session, simulator.image)
-            try:
-                message = command_message(line, defaults)
-            except ValueError as err:
-                print(err, file=sys.stderr, flush=True)
-                continue
-            if line.split()[0] == "start" and len(line.split()) == 2:
-                print(f"start {line.split()[1]}: {defaults.runtime_note}, image {defaults.manifest_digest}",
-                      file=sys.stderr, flush=True)
-            session.send(message)
-        if sys.stdin.isatty():
-            stop.set()
+    def command(line: str) -> None:
+        session = simulator.current
+        if session is None or session.closed.is_set():
+            print("no SM connected", file=sys.stderr, flush=True)
+            return
+        defaults = defaults_for(session, simulator.image)
+        try:
+            message = command_message(line, defaults)
+        except ValueError as err:
+            print(err, file=sys.stderr, flush=True)
+            return
+        if line.split()[0] == "start" and len(line.split()) == 2:
+            print(f"start {line.split()[1]}: {defaults.runtime_note}, image {defaults.manifest_digest}",
+                  file=sys.stderr, flush=True)
+        session.send(message)
 
-    threading.Thread(target=read_commands, name="cmsim-stdin", daemon=True).start()
+    read_commands(command, stop, name="cmsim-stdin")
     wait_for(stop)
     simulator.stop(0)
     return EXIT_OK

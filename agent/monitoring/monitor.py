@@ -46,9 +46,6 @@ log = logging.getLogger(__name__)
 Out = sm_pb2.SMOutgoingMessages
 
 LIMIT_ALERT_REPEAT = 600.0  # seconds between ``continue`` statuses of a used-up traffic limit
-# The shortest span the first sample's cpu covers: /proc/stat counts in clock ticks (USER_HZ,
-# 100 a second per CPU), so a few ms would read as 0 % or 100 %; 0.1 s gives 5 % steps on 2 CPUs.
-FIRST_CPU_SPAN = 0.1
 
 
 class TrafficPort(Protocol):
@@ -135,7 +132,6 @@ class Monitor:
         # The node's cpu counters are read here, so the first sample (at start) is a rate too.
         self._node = NodeSampler(root=root, max_dmips=capacity.max_dmips, partitions=partitions,
                                  uplink_interfaces=uplink_interfaces, count_uplinks=traffic is None)
-        self._created = clock()
         self._lock = threading.Lock()
         self._node_average = MovingAverage(self._window)
         self._system: List[alerts.AlertProcessor] = []
@@ -157,13 +153,10 @@ class Monitor:
 
         The first sample is not left to the first period's end (35 s by default): CM may ask
         for AverageMonitoring right after registration, and an empty average answered node RAM
-        0 and cpu 0 (issue 16). Its cpu covers the time since construction, at least
-        ``FIRST_CPU_SPAN`` (waited here if the agent started faster)."""
+        0 and cpu 0 (issue 16). Its cpu covers the time since construction, or since boot when
+        that is too short to measure (NodeSampler): nothing waits here, start-up stays fast."""
         if self._thread is not None:
             return
-        wait = FIRST_CPU_SPAN - (self._clock() - self._created)
-        if wait > 0:
-            self._stopping.wait(min(wait, FIRST_CPU_SPAN))
         self._poll()
         self._thread = threading.Thread(target=self._run, name="sm-monitor", daemon=True)
         self._thread.start()

@@ -19,6 +19,8 @@ from aos_sm.hw.memory import read_meminfo, used_ram_from
 from .average import Usage
 
 Problems = List[str]
+# The fewest /proc/stat ticks (all CPUs together) a cpu rate is computed over.
+MIN_CPU_TICKS = 10
 
 
 def partition_used_and_size(path: Path) -> Tuple[int, int]:
@@ -77,6 +79,7 @@ class NodeSampler:
         # False when the network manager accounts traffic: its figures replace the uplinks'.
         self._count_uplinks = count_uplinks
         self._cpu = hw_usage.read_cpu_times(root)
+        self._first = True
         self._traffic = self._read_traffic() if count_uplinks else None
 
     def partition_sizes(self) -> Dict[str, int]:
@@ -95,8 +98,13 @@ class NodeSampler:
         if times is None:
             problems.append("node cpu: /proc/stat is unreadable")
         elif self._cpu is not None:
-            cpu = min(self._max_dmips, int(round(hw_usage.busy_fraction(self._cpu, times) * self._max_dmips)))
-        self._cpu = times
+            # /proc/stat counts in clock ticks (USER_HZ, 100 a second per CPU): over a few ticks a
+            # rate reads as 0 % or 100 %. The first sample, taken at start right after the
+            # baseline, then gives the share since boot instead.
+            short = self._first and times.total - self._cpu.total < MIN_CPU_TICKS
+            baseline = hw_usage.CpuTimes(0, 0) if short else self._cpu
+            cpu = min(self._max_dmips, int(round(hw_usage.busy_fraction(baseline, times) * self._max_dmips)))
+        self._cpu, self._first = times, False
         meminfo = read_meminfo(self._root)
         if "MemTotal" not in meminfo:
             problems.append("node ram: /proc/meminfo is unreadable")

@@ -27,7 +27,7 @@ from .blobs import BlobStore
 from .bundle import BundleSpec, CpuCapacity, build_runtime_spec
 from .gc import collect_garbage
 from .image import Image, ImageStore, Resolver
-from .mounts import RootfsError, ensure_tmpfs, mount_rootfs, probe_host, probe_layer, remove_rootfs
+from .mounts import RootfsError, ensure_tmpfs, mount_rootfs, probe_host, probe_layer, release_tmpfs, remove_rootfs
 from .output import open_output, reopen_output
 from .records import Instance, Run, container_id
 from .resources import NoResources, ResourceSource
@@ -126,6 +126,14 @@ class Containers:
 
     def rootfs_dir(self, container: str) -> Path:
         return self.root / "rootfs" / container
+
+    def release_roots(self) -> None:
+        """Unmount the roots' tmpfs when no instance has a root there: the agent stops with
+        nothing running, and its working directory can then be removed like any directory. The
+        next instance start mounts it again."""
+        with self._lock:
+            if release_tmpfs(self.root / "rootfs"):
+                self._roots_ready = False
 
     def runtime(self, instance: Instance) -> OciRuntime:
         runtime = self.runtimes.get(instance.info.runtime_id)

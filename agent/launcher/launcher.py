@@ -209,6 +209,11 @@ class Launcher(BatchRunner):
         self._ttl.cancel()
         self._pulls.shutdown()
         self._runs.shutdown()
+        if not instances:
+            try:
+                self._containers.release_roots()
+            except AosError as err:  # stopping goes on: the next start finds the tmpfs and keeps it
+                log.warning("roots tmpfs left mounted: %s", err)
         if self.subreaper:
             self.subreaper = not set_subreaper(False)
 

@@ -206,6 +206,20 @@ def ensure_tmpfs(path: Path, size: str = "32m") -> None:
     _mount("aos-sm-rootfs", str(path), "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0755,size={size}")
 
 
+def release_tmpfs(path: Path) -> bool:
+    """Unmount the roots' tmpfs at ``path`` if it is ours (``ensure_tmpfs``'s source name) and
+    holds no instance's root; True when it was unmounted. What someone else mounted there stays."""
+    try:
+        ours = any(fields[4] == str(path) and line.split(" - ", 1)[1].split()[1] == "aos-sm-rootfs"
+                   for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                   for fields in [line.split()] if " - " in line)
+        if not ours or any(path.iterdir()):
+            return False
+    except OSError as err:
+        raise RootfsError(f"cannot read the roots directory: {err}") from err
+    return _detach(str(path))
+
+
 def remove_rootfs(directory: Path) -> None:
     """Unmount an instance's root and remove its layers; nothing there is fine."""
     mnt = directory / "mnt"

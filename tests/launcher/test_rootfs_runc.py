@@ -155,6 +155,11 @@ def test_overlays_are_removed_on_stop_and_strays_at_agent_start_while_adopted_on
     assert len(mounts_under(roots)) == per_instance and kept_root.is_dir()
     second.stop_all_instances()
     assert mounts_under(roots) == [] and os.listdir(roots) == []
+    # With nothing left running, stopping releases the roots' tmpfs too (the first stop, with the
+    # kept instance running, had to keep it), so the working directory can simply be removed.
+    assert os.path.ismount(roots)
+    second.stop()
+    assert not os.path.ismount(roots)
 
 
 # --- a two-layer image in overlay format (what the per-layer unpacker produces) -----------------------

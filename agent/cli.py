@@ -158,6 +158,7 @@ def cmd_cm_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_iam_sim(args: argparse.Namespace) -> int:
+    from .cmsim import ListenError, check_port_free, parse_listen
     from .console import read_commands
     from .iam.sim import SimulatedIAM, default_node_info
 
@@ -165,8 +166,17 @@ def cmd_iam_sim(args: argparse.Namespace) -> int:
     node_info = default_node_info(args.node_id)
     if args.max_dmips is not None:
         node_info.max_dmips = args.max_dmips
-    simulator = SimulatedIAM(Path(args.dir), node_info=node_info, public_listen=args.public,
-                             protected_listen=args.protected, cert_types=cert_types).start()
+    try:
+        for option, address, port in (("--public", args.public, 8090), ("--protected", args.protected, 8089)):
+            check_port_free(parse_listen(address, option, port), " (another IAM or iam-sim?)")
+        simulator = SimulatedIAM(Path(args.dir), node_info=node_info, public_listen=args.public,
+                                 protected_listen=args.protected, cert_types=cert_types).start()
+    except (ValueError, ListenError) as err:
+        print(f"aos-sm iam-sim: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:  # the CA and certificates could not be written under --dir
+        print(f"aos-sm iam-sim: --dir {args.dir}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
     stop = _stop_on_signals()
     ca = simulator.ca.cert_path
     cm = simulator.issue_server_cert("cm-server")  # for a CM the agent must trust: cm-sim

@@ -44,18 +44,19 @@ class ListenError(OSError):
     """The simulator cannot listen where it was asked to (bad address, port in use)."""
 
 
-def parse_listen(address: str) -> str:
-    """``address`` checked as HOST:PORT (``[v6]:PORT`` too); raises ValueError in one line."""
+def parse_listen(address: str, option: str = "--listen", port_example: int = 8093) -> str:
+    """``address`` checked as HOST:PORT (``[v6]:PORT`` too); raises ValueError in one line naming
+    ``option``."""
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--listen {address!r}: expected HOST:PORT, e.g. 127.0.0.1:8093 (0.0.0.0:8093 for "
-                         "every interface)")
+        raise ValueError(f"{option} {address!r}: expected HOST:PORT, e.g. 127.0.0.1:{port_example} "
+                         f"(0.0.0.0:{port_example} for every interface)")
     if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
-        raise ValueError(f"--listen {address!r}: write an IPv6 host in brackets, e.g. [::1]:8093")
+        raise ValueError(f"{option} {address!r}: write an IPv6 host in brackets, e.g. [::1]:{port_example}")
     return address
 
 
-def check_port_free(address: str) -> None:
+def check_port_free(address: str, in_use_hint: str = " (another CM or cm-sim?)") -> None:
     """Raise ListenError when ``address``'s port is taken (or its host is not this machine's).
 
     Tried with a plain socket before gRPC binds, because gRPC's own failure comes with a line of
@@ -74,8 +75,7 @@ def check_port_free(address: str) -> None:
                 probe.bind(sockaddr)
             except OSError as err:
                 if err.errno == errno.EADDRINUSE:
-                    raise ListenError(f"cannot listen on {address}: the port is in use (another CM "
-                                      "or cm-sim?)") from err
+                    raise ListenError(f"cannot listen on {address}: the port is in use{in_use_hint}") from err
                 raise ListenError(f"cannot listen on {address}: {err.strerror}") from err
 
 

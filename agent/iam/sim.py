@@ -31,6 +31,8 @@ from .certurl import file_url
 from .pki import IssuedCert, TestCA
 
 log = logging.getLogger(__name__)
+# A second simulator on a taken port fails instead of sharing it (gRPC sets SO_REUSEPORT).
+SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 
 InstanceKey = Tuple[str, str, int]
 
@@ -130,7 +132,8 @@ class SimulatedIAM:
         self._node_subscribers.push(info)
 
     def start(self) -> "SimulatedIAM":
-        public = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="iamsim-pub"))
+        public = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="iamsim-pub"),
+                             options=SERVER_OPTIONS)
         public.add_generic_rpc_handlers([
             self._handler(rpc.PUBLIC_NODE, {"GetCurrentNodeInfo": self._get_node_info,
                                             "SubscribeCurrentNodeChanged": self._node_changed}),
@@ -141,7 +144,8 @@ class SimulatedIAM:
         protected_listen = f"127.0.0.1:{self.protected_port}" if self.protected_port else self._protected_listen
         self.public_port = public.add_secure_port(
             public_listen, self.ca.server_credentials(self._server_cert, require_client_auth=False))
-        protected = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="iamsim-prot"))
+        protected = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="iamsim-prot"),
+                                options=SERVER_OPTIONS)
         protected.add_generic_rpc_handlers([
             self._handler(rpc.PERMISSIONS, {"RegisterInstance": self._register, "UnregisterInstance": self._unregister}),
         ])

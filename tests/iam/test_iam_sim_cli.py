@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import List
+
+import pytest
 
 from aos_sm.agent.iam.client import GrpcIamClient
 from aos_sm.agent.iam.port import IamCertInfo
@@ -47,3 +50,43 @@ def test_iam_sim_serves_node_info_and_renews_on_command(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def one_line_exit_2(args: List[str], tmp_path: Path) -> str:
+    """iam-sim with bad ``args``: exit 2, exactly one line on stderr, no traceback."""
+    result = subprocess.run([sys.executable, "-m", "aos_sm.agent.cli", "iam-sim", *args], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2, (args, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--public", "bogus"], "--public 'bogus': expected HOST:PORT"),
+    (["--protected", "8089"], "--protected '8089': expected HOST:PORT"),
+    (["--public", "127.0.0.1:70000"], "--public '127.0.0.1:70000': expected HOST:PORT"),
+    (["--public", "[::1:0"], "IPv6 host in brackets"),
+])
+def test_a_bad_address_is_one_line_and_exit_2(tmp_path: Path, args: List[str], says: str) -> None:
+    line = one_line_exit_2(["--dir", str(tmp_path / "iam"), "--protected", "127.0.0.1:0", "--public", "127.0.0.1:0",
+                            *args], tmp_path)
+    assert says in line and line.startswith("aos-sm iam-sim: ")
+
+
+def test_a_dir_that_cannot_be_made_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    line = one_line_exit_2(["--dir", str(tmp_path / "file" / "iam"), "--public", "127.0.0.1:0",
+                            "--protected", "127.0.0.1:0"], tmp_path)
+    assert f"--dir {tmp_path / 'file' / 'iam'}" in line
+
+
+def test_a_port_in_use_is_refused(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = "127.0.0.1:%d" % taken.getsockname()[1]
+        line = one_line_exit_2(["--dir", str(tmp_path / "iam"), "--public", address, "--protected", "127.0.0.1:0"],
+                               tmp_path)
+    assert f"cannot listen on {address}: the port is in use" in line

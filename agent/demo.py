@@ -32,6 +32,45 @@ from .errors import AosCode
 from .story import Story, logs_to_file
 
 In = sm_pb2.SMIncomingMessages
+
+
+# A node config step: its title, its why, CM's message, what the reply shows, and the verdict on
+# the reply: (why it failed or "", the outcome's detail).
+NodeConfigStep = Tuple[str, str, "sm_pb2.SMIncomingMessages", Callable[[Any], str], Callable[[Any], Tuple[str, str]]]
+
+
+def _node_config_steps(install: "sm_pb2.SMIncomingMessages") -> List[NodeConfigStep]:
+    malformed = In(check_node_config=sm_pb2.CheckNodeConfig(node_config="{not json", version="1.0.0"))
+    return [
+        ("CM asks for the node config status (GetNodeConfigStatus)",
+         "A node config is a versioned JSON document from the cloud (node group, alert rules, resources). CM "
+         "asks which version this node has.",
+         command_message("get-config"),
+         lambda r: f"state {r.state}, version {r.version or 'none'}, {error_text(r.error)}",
+         lambda r: ("", "absent: no node config installed yet" if r.state == "absent" else "")),
+        ("CM checks a malformed node config (CheckNodeConfig)",
+         "Before installing, CM can have the SM check a config. A bad one gets an error in the reply; the "
+         "stream stays up.",
+         malformed,
+         lambda r: error_text(r.error),
+         lambda r: ("" if r.error.aos_code == AosCode.INVALID_ARGUMENT else "expected invalidArgument", "")),
+        ("CM installs node config 1.0.0 (SetNodeConfig)",
+         "The reply carries the state from before the update (CM's protocol defines it so): \"absent\" here, "
+         "since there was none. No error means 1.0.0 is now installed.",
+         install,
+         lambda r: f"state {r.state} (before), version {r.version}, {error_text(r.error)}",
+         lambda r: (error_text(r.error) if r.error.aos_code else "", "installed")),
+        ("CM asks again: now installed", "The status now names the installed version.",
+         command_message("get-config"),
+         lambda r: f"state {r.state}, version {r.version}",
+         lambda r: ("" if (r.state, r.version) == ("installed", "1.0.0")
+                    else f"expected installed 1.0.0, got {r.state} {r.version}", "")),
+        ("CM sends version 1.0.0 again",
+         "A version is not installed twice: the SM answers alreadyExist and keeps the config it has.",
+         install,
+         lambda r: f"state {r.state}, {error_text(r.error)}",
+         lambda r: ("" if r.error.aos_code == AosCode.ALREADY_EXIST else "expected alreadyExist", "")),
+    ]
 SERVICE = "demo-service"
 MISSING_RUNTIME = "no-such-runtime"
 POLL_PERIOD = "1s"  # monitoring's default is 35 s: too long to watch
@@ -208,66 +247,21 @@ class _Demo:
         return True
 
     def node_config(self) -> None:
-        self.story.step(
-            "CM asks for the node config status (GetNodeConfigStatus)",
-            "A node config is a versioned JSON document from the cloud (node group, alert rules, resources). CM "
-            "asks which version this node has.")
-        reply = self.exchange(command_message("get-config"), "node_config_status")
-        if reply is None:
-            self.story.fail("no NodeConfigStatus")
-        else:
-            self.story.say(f"NodeConfigStatus: state {reply.state}, version {reply.version or 'none'}, "
-                           f"{error_text(reply.error)}", "SM")
-            self.story.ok("absent: no node config installed yet" if reply.state == "absent" else "")
-
-        self.story.step(
-            "CM checks a malformed node config (CheckNodeConfig)",
-            "Before installing, CM can have the SM check a config. A bad one gets an error in the reply; the stream "
-            "stays up.")
-        reply = self.exchange(In(check_node_config=sm_pb2.CheckNodeConfig(node_config="{not json", version="1.0.0")),
-                              "node_config_status")
-        if reply is None:
-            self.story.fail("no NodeConfigStatus")
-        else:
-            self.story.say(f"NodeConfigStatus: {error_text(reply.error)}", "SM")
-            self.story.ok() if reply.error.aos_code == AosCode.INVALID_ARGUMENT else \
-                self.story.fail("expected invalidArgument")
-
         good = json.dumps({"version": "1.0.0", "nodeGroupSubject": {"codename": "demo-group"},
                            "alertRules": {"ram": {"minTimeout": "PT5S", "minThreshold": 80, "maxThreshold": 95}}})
-        self.story.step(
-            "CM installs node config 1.0.0 (SetNodeConfig)",
-            "The reply carries the state from before the update (CM's protocol defines it so): \"absent\" here, "
-            "since there was none. No error means 1.0.0 is now installed.")
-        reply = self.exchange(In(set_node_config=sm_pb2.SetNodeConfig(node_config=good, version="1.0.0")),
-                              "node_config_status")
-        if reply is None:
-            self.story.fail("no NodeConfigStatus")
-        else:
-            self.story.say(f"NodeConfigStatus: state {reply.state} (before), version {reply.version}, "
-                           f"{error_text(reply.error)}", "SM")
-            self.story.ok("installed") if reply.error.aos_code == 0 else self.story.fail(error_text(reply.error))
-
-        self.story.step("CM asks again: now installed", "The status now names the installed version.")
-        reply = self.exchange(command_message("get-config"), "node_config_status")
-        if reply is None:
-            self.story.fail("no NodeConfigStatus")
-        else:
-            self.story.say(f"NodeConfigStatus: state {reply.state}, version {reply.version}", "SM")
-            self.story.ok() if (reply.state, reply.version) == ("installed", "1.0.0") else \
-                self.story.fail(f"expected installed 1.0.0, got {reply.state} {reply.version}")
-
-        self.story.step(
-            "CM sends version 1.0.0 again",
-            "A version is not installed twice: the SM answers alreadyExist and keeps the config it has.")
-        reply = self.exchange(In(set_node_config=sm_pb2.SetNodeConfig(node_config=good, version="1.0.0")),
-                              "node_config_status")
-        if reply is None:
-            self.story.fail("no NodeConfigStatus")
-        else:
-            self.story.say(f"NodeConfigStatus: state {reply.state}, {error_text(reply.error)}", "SM")
-            self.story.ok() if reply.error.aos_code == AosCode.ALREADY_EXIST else \
-                self.story.fail("expected alreadyExist")
+        install = In(set_node_config=sm_pb2.SetNodeConfig(node_config=good, version="1.0.0"))
+        for title, why, message, show, verdict in _node_config_steps(install):
+            self.story.step(title, why)
+            reply = self.exchange(message, "node_config_status")
+            if reply is None:
+                self.story.fail("no NodeConfigStatus")
+                continue
+            self.story.say(f"NodeConfigStatus: {show(reply)}", "SM")
+            failure, detail = verdict(reply)
+            if failure:
+                self.story.fail(failure)
+            else:
+                self.story.ok(detail)
 
     def missing_runtime(self) -> None:
         assert self.session is not None

@@ -189,6 +189,15 @@ def _space_errors(what: str) -> Iterator[None]:
         raise NoMemory(f"not enough space: disk full writing {what}") from err
 
 
+def _read_record(path: Path) -> Dict[str, Any]:
+    """An install record's JSON object; {} when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 class ImageStore:
     """Images by manifest digest: pulled through ``resolver`` (digests -> URLs, GetBlobsInfos).
 
@@ -232,18 +241,10 @@ class ImageStore:
                       if p.is_dir() and not p.name.endswith(".partial"))
 
     def layer_info(self, diff_id: str) -> Dict[str, Any]:
-        try:
-            value = json.loads(self._layer_record(diff_id).read_text())
-        except (OSError, ValueError):
-            return {}
-        return value if isinstance(value, dict) else {}
+        return _read_record(self._layer_record(diff_id))
 
     def image_info(self, manifest_digest: str) -> Dict[str, Any]:
-        try:
-            value = json.loads(self._image_record(manifest_digest).read_text())
-        except (OSError, ValueError):
-            return {}
-        return value if isinstance(value, dict) else {}
+        return _read_record(self._image_record(manifest_digest))
 
     def stored_images(self) -> List[StoredImage]:
         images = []

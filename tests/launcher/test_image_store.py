@@ -4,6 +4,7 @@ re-verification; and the pure decisions behind them."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.server
 import io
@@ -271,20 +272,26 @@ class _DroppingHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_download_dropped_twice_mid_blob_completes_fetching_each_byte_once(tmp_path: Path) -> None:
-    data = os.urandom(600_000)
-    _DroppingHandler.blob, _DroppingHandler.drops, _DroppingHandler.sent, _DroppingHandler.ranges = data, 2, 0, []
+@contextlib.contextmanager
+def dropping_server(data: bytes, drops: int) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 serving ``data`` that drops the connection ``drops`` times
+    mid-blob; yields the blob's URL."""
+    _DroppingHandler.blob, _DroppingHandler.drops, _DroppingHandler.sent, _DroppingHandler.ranges = data, drops, 0, []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DroppingHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    waits: List[float] = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        store = BlobStore(tmp_path / "store", sleep=waits.append)
-        url = f"http://127.0.0.1:{server.server_address[1]}/blob"
-        assert store.fetch(sha256(data), url, len(data)).read_bytes() == data
+        yield f"http://127.0.0.1:{server.server_address[1]}/blob"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_download_dropped_twice_mid_blob_completes_fetching_each_byte_once(tmp_path: Path) -> None:
+    data = os.urandom(600_000)
+    waits: List[float] = []
+    with dropping_server(data, drops=2) as url:
+        store = BlobStore(tmp_path / "store", sleep=waits.append)
+        assert store.fetch(sha256(data), url, len(data)).read_bytes() == data
     assert _DroppingHandler.ranges[0] is None and len(_DroppingHandler.ranges) == 3
     assert all(r is not None and r.startswith("bytes=") for r in _DroppingHandler.ranges[1:])
     assert _DroppingHandler.sent == len(data)  # every byte once: each try resumed where the last stopped
@@ -293,17 +300,10 @@ def test_a_download_dropped_twice_mid_blob_completes_fetching_each_byte_once(tmp
 
 def test_a_download_that_keeps_breaking_fails_with_its_cause_and_leaves_no_partial_file(tmp_path: Path) -> None:
     data = os.urandom(300_000)
-    _DroppingHandler.blob, _DroppingHandler.drops, _DroppingHandler.sent, _DroppingHandler.ranges = data, 5, 0, []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DroppingHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with dropping_server(data, drops=5) as url:
         store = BlobStore(tmp_path / "store", sleep=lambda _: None)
         with pytest.raises(Exception, match=r"^download failed after 3 tries: connection closed"):
-            store.fetch(sha256(data), f"http://127.0.0.1:{server.server_address[1]}/blob", len(data))
-    finally:
-        server.shutdown()
-        server.server_close()
+            store.fetch(sha256(data), url, len(data))
     assert len(_DroppingHandler.ranges) == 3
     assert list((tmp_path / "store" / "partial").iterdir()) == []
 

@@ -111,17 +111,10 @@ def test_the_store_raises_its_own_named_error(tmp_path: Path) -> None:
 
 
 def test_an_image_whose_ttl_passed_while_offline_is_pulled_but_never_created(tmp_path: Path) -> None:
-    import io
-    import tarfile
+    from oci_fixture import build_image, script_layer
 
-    from oci_fixture import build_image
-
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w") as archive:
-        entry = tarfile.TarInfo("hello")
-        entry.size = 2
-        archive.addfile(entry, io.BytesIO(b"hi"))
-    image = build_image([layer.getvalue()], entrypoint=["/hello"], item_config={"offlineTTL": "2s"})
+    layer = script_layer({"hello": b"hi"})
+    image = build_image([layer], entrypoint=["/hello"], item_config={"offlineTTL": "2s"})
     served = tmp_path / "served"
     served.mkdir()
     urls = {}
@@ -174,21 +167,15 @@ def test_a_batch_that_breaks_before_its_plan_still_gives_every_instance_a_status
 
 
 def test_the_periodic_sweep_drops_an_image_whose_layer_was_corrupted_on_disk(tmp_path: Path) -> None:
-    import io
-    import tarfile
     import time
 
-    from oci_fixture import build_image
+    from oci_fixture import build_image, script_layer
 
     from aos_sm.agent.launcher.blobs import BlobStore
     from aos_sm.agent.launcher.image import ImageStore
 
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w") as archive:
-        entry = tarfile.TarInfo("hello")
-        entry.size = 2
-        archive.addfile(entry, io.BytesIO(b"hi"))
-    image = build_image([layer.getvalue()], entrypoint=["/hello"])
+    layer = script_layer({"hello": b"hi"})
+    image = build_image([layer], entrypoint=["/hello"])
     served = tmp_path / "served"
     served.mkdir()
     for digest, blob in image.blobs.items():

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from agent_config import agent_config
 from contract_cm import ContractCM
 from runtime_checks import skip_unless_runc_registers
 
-from aos_sm.agent.config import AgentConfig, parse_config
+from aos_sm.agent.config import AgentConfig
 
 
 def make_config(tmp_path: Path, address: str, **extra: Any) -> AgentConfig:
-    data = {
-        "nodeId": "node-test",
-        "cmServerURL": address,
-        "tlsMode": "plaintext",
-        "cmReconnectTimeout": "100ms",
-        "cmReconnectMaxTimeout": "1s",
-        "workingDir": str(tmp_path / "work"),
-        "resourcesConfigFile": str(tmp_path / "resources.cfg"),
-        "runtimes": [{"type": "runc"}],
-        # The agent runs on this machine: no network manager, which would change its firewall
-        # (network tests run the agent inside a test namespace: tests/network).
-        "network": {"enabled": False},
-        **extra,
-    }
-    (tmp_path / "work").mkdir(exist_ok=True)
-    return parse_config(json.dumps(data))
+    """A plaintext agent config with its own node id (no discovery, no IAM)."""
+    return agent_config(tmp_path, address, **{"nodeId": "node-test", "tlsMode": "plaintext", **extra})
 
 
 def registered(cm: ContractCM, index: int = -1, timeout: float = 10.0) -> Any:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
-from aos_sm.agent.config import AgentConfig, parse_config
+from agent_config import agent_config
+
+from aos_sm.agent.config import AgentConfig
 from aos_sm.agent.iam.port import IamCertInfo, IamNodeInfo, IamUnavailable, Subscription
 from aos_sm.agent.iam.sim import SimulatedIAM
 
@@ -14,24 +15,10 @@ IAM_MAX_DMIPS = 10**9  # far above anything this machine measures: the scale is 
 
 
 def iam_config(tmp_path: Path, iam: SimulatedIAM, cm_address: str, **extra: Any) -> AgentConfig:
-    data = {
-        "cmServerURL": cm_address,
-        "tlsMode": "mtls",
-        "caCert": str(iam.ca.cert_path),
-        "iamPublicServerURL": iam.public_address,
-        "iamProtectedServerURL": iam.protected_address,
-        "certStorage": "sm",
-        "cmReconnectTimeout": "100ms",
-        "cmReconnectMaxTimeout": "1s",
-        "workingDir": str(tmp_path / "work"),
-        "resourcesConfigFile": str(tmp_path / "resources.cfg"),
-        "runtimes": [{"type": "runc"}],
-        # These agents run in the machine's own network namespace: no network manager there.
-        "network": {"enabled": False},
-        **extra,
-    }
-    (tmp_path / "work").mkdir(exist_ok=True)
-    return parse_config(json.dumps(data))
+    """An agent config in IAM mode: node id and certificates from ``iam``, CM over mTLS."""
+    return agent_config(tmp_path, cm_address, **{
+        "tlsMode": "mtls", "caCert": str(iam.ca.cert_path), "iamPublicServerURL": iam.public_address,
+        "iamProtectedServerURL": iam.protected_address, "certStorage": "sm", **extra})
 
 
 class FakeIamClient:
